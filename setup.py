@@ -28,6 +28,7 @@ setup(
         "matplotlib==3.11.2",
         "tqdm==4.70.1",
         "absl-py==2.5.1",
+        "importlib-resources==7.1.0",  # tensorflow_datasets needs it without TensorFlow
     ],
     extras_require={
         "test": ["pytest==9.2.0", "portpicker==1.6.0"],

@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
+import logging
 import multiprocessing
 import os
 from pathlib import Path
@@ -20,6 +21,15 @@ import tensorflow_datasets as tfds
 
 from vlm_jax.data import moving_shapes as ms
 from vlm_jax.errors import UserError
+
+class _HideCustomConfigNotice(logging.Filter):
+    """Every builder here is configured per request, so TFDS's notice about it is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Using custom data configuration")
+
+
+logging.getLogger("absl").addFilter(_HideCustomConfigNotice())
 
 SPLITS = ("train", "validation", "test", "test_novel")
 SIZES = {
@@ -116,20 +126,20 @@ class BuildRequest:
 
 
 def _builder(request: BuildRequest) -> tfds.core.DatasetBuilder:
-    if request.name == "moving_shapes":
-        if request.size not in SIZES:
-            raise UserError(f"unknown size {request.size!r}; choose one of {', '.join(SIZES)}")
-        if not 8 <= request.image_size <= 224:
-            raise UserError(f"image_size must be between 8 and 224, got {request.image_size}")
-        if request.num_frames < 2:
-            raise UserError(f"num_frames must be at least 2, got {request.num_frames}")
-        config = MovingShapesConfig(size=request.size, num_frames=request.num_frames,
-                                    image_size=request.image_size, seed=request.seed)
-        return MovingShapes(config=config, data_dir=request.data_dir, file_format="array_record")
+    if request.name not in ("moving_shapes", "video_folder"):
+        raise UserError(f"unknown data set {request.name!r}; choose moving_shapes or video_folder")
+    if not 8 <= request.image_size <= 224:
+        raise UserError(f"image_size must be between 8 and 224, got {request.image_size}")
+    if request.num_frames < 2:
+        raise UserError(f"num_frames must be at least 2, got {request.num_frames}")
     if request.name == "video_folder":
         from vlm_jax.data import video_folder
         return video_folder.builder(request)
-    raise UserError(f"unknown data set {request.name!r}; choose moving_shapes or video_folder")
+    if request.size not in SIZES:
+        raise UserError(f"unknown size {request.size!r}; choose one of {', '.join(SIZES)}")
+    config = MovingShapesConfig(size=request.size, num_frames=request.num_frames, image_size=request.image_size,
+                                seed=request.seed)
+    return MovingShapes(config=config, data_dir=request.data_dir, file_format="array_record")
 
 
 def build(request: BuildRequest) -> Path:

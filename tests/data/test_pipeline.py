@@ -1,0 +1,144 @@
+"""The grain pipeline: batch contents, shards, epochs, exact resume, augmentation that keeps text true."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from vlm_jax import config as config_lib
+from vlm_jax.data import builders, pipeline, tokenizer
+from vlm_jax.data import moving_shapes as ms
+from vlm_jax.errors import UserError
+
+
+@pytest.fixture
+def spec(tiny_dataset):
+    return pipeline.Spec(dataset_path=str(tiny_dataset), num_frames=8, image_size=48, max_text_len=40, batch_size=8,
+                         seed=0, min_crop_scale=0.8, flip=True)
+
+
+def test_train_batch_shapes_and_dtypes(spec):
+    batch = next(iter(pipeline.train_dataset(spec)))
+    expected = {
+        "video": ((8, 8, 48, 48, 3), np.uint8), "audio": ((8, 32000), np.float32), "boxes": ((8, 8, 3, 4), np.float32),
+        "caption": ((8, 40), np.int32), "caption_mask": ((8, 40), np.int32), "negative": ((8, 40), np.int32),
+        "question": ((8, 40), np.int32), "answer": ((8,), np.int32), "question_type": ((8,), np.int32),
+        "choices": ((8, 4), np.int32), "choice_answer": ((8,), np.int32), "index": ((8,), np.int64),
+    }
+    for key, (shape, dtype) in expected.items():
+        assert batch[key].shape == shape and batch[key].dtype == dtype, key
+    assert batch["caption_valid"].all() and batch["question_valid"].all()
+    assert (batch["answer"] >= 0).all() and (batch["choice_answer"] >= 0).all()
+    rows = np.arange(8)
+    assert (batch["choices"][rows, batch["choice_answer"]] == batch["answer"]).all()
+    assert np.abs(batch["audio"]).max() <= 1.0 and batch["audio"].std() > 0
+
+
+def test_eval_batches_hold_every_caption_and_question_and_pad_the_last(spec, tiny_dataset):
+    spec = dataclasses.replace(spec, batch_size=10, num_frames=16, image_size=64)  # as stored: no resampling
+    batches = list(pipeline.eval_dataset(spec, "test"))
+    total = builders.SIZES["tiny"]["test"]
+    assert len(batches) == -(-total // 10)
+    indices = np.concatenate([b["index"][b["valid"]] for b in batches])
+    assert indices.tolist() == list(range(total))
+    assert not batches[-1]["valid"][total % 10:].any()
+    source = builders.open_dataset(tiny_dataset).as_data_source(split="test")
+    first = batches[0]
+    for row in range(3):
+        example = source[row]
+        assert first["caption_valid"][row].sum() == len(example["captions"])
+        assert first["question_valid"][row].sum() == len(example["questions"])
+        captions, _ = tokenizer.encode([c.decode() for c in example["captions"]], spec.max_text_len)
+        assert np.array_equal(first["captions"][row, :len(captions)], captions)
+        answers = [ms.ANSWERS[a] for a in first["answers"][row, :len(example["answers"])]]
+        assert answers == [a.decode() for a in example["answers"]]
+        assert np.array_equal(first["video"][row], example["video"])
+        assert np.array_equal(first["audio"][row], example["audio"] / np.float32(32768))
+
+
+def test_shards_are_disjoint_and_complete(spec):
+    total = builders.SIZES["tiny"]["train"]
+    parts = []
+    for index in range(3):
+        shard_spec = dataclasses.replace(spec, shard_index=index, shard_count=3, batch_size=7)
+        parts.append(np.concatenate([b["index"][b["valid"]] for b in pipeline.eval_dataset(shard_spec, "train")]))
+    assert len({len(p) for p in parts}) == 1
+    union = np.concatenate(parts)
+    assert len(set(union.tolist())) == len(union) == total - total % 3
+
+
+def test_epochs_cover_the_shard_and_reshuffle(spec):
+    spec = dataclasses.replace(spec, batch_size=16)
+    per_epoch = builders.SIZES["tiny"]["train"] // 16
+    indices = [b["index"] for b in pipeline.train_dataset(spec, num_epochs=2)]
+    first, second = np.concatenate(indices[:per_epoch]), np.concatenate(indices[per_epoch:])
+    assert sorted(first.tolist()) == sorted(second.tolist()) == list(range(builders.SIZES["tiny"]["train"]))
+    assert first.tolist() != second.tolist()
+
+
+def test_same_seed_same_batches_and_exact_resume(spec):
+    a = iter(pipeline.train_dataset(spec))
+    for _ in range(3):
+        next(a)
+    state = a.get_state()
+    expected = [next(a) for _ in range(2)]
+    b = iter(pipeline.train_dataset(spec))
+    b.set_state(state)
+    for batch in expected:
+        resumed = next(b)
+        assert all(np.array_equal(batch[k], resumed[k]) for k in batch)
+    other = next(iter(pipeline.train_dataset(dataclasses.replace(spec, seed=1))))
+    assert not np.array_equal(other["index"], next(iter(pipeline.train_dataset(spec)))["index"])
+
+
+def test_resume_with_worker_processes(spec):
+    spec = dataclasses.replace(spec, num_workers=2, batch_size=4)
+    a = iter(pipeline.train_dataset(spec))
+    next(a)
+    state = a.get_state()
+    expected = next(a)
+    b = iter(pipeline.train_dataset(spec))
+    b.set_state(state)
+    resumed = next(b)
+    assert all(np.array_equal(expected[k], resumed[k]) for k in expected)
+
+
+def test_flip_swaps_left_and_right_in_the_text(tiny_dataset):
+    """Wherever the pixels are mirrored, a 'left' caption becomes 'right' and the answer follows."""
+    dataset = builders.open_dataset(tiny_dataset)
+    source = dataset.as_data_source(split="train")
+    spec = pipeline.Spec(dataset_path=str(tiny_dataset), num_frames=16, image_size=64, max_text_len=40, batch_size=1,
+                         seed=0, flip=True)
+    transform = pipeline.Transform(spec, pipeline.Vocabulary.of(dataset))
+    example = next(e for e in (source[i] for i in range(len(source)))
+                   if len(e["object_motions"]) == 1 and e["object_motions"][0] == b"left")
+    flipped_seen = kept_seen = direction_answers = 0
+    for seed in range(40):
+        out = transform(example, np.random.default_rng(seed))
+        flipped = np.array_equal(out["video"], example["video"][:, :, ::-1])
+        caption, negative = tokenizer.decode(out["caption"]), tokenizer.decode(out["negative"])
+        true_side, false_side = ("right", "left") if flipped else ("left", "right")
+        assert true_side in caption and false_side not in caption, caption
+        assert false_side in negative and true_side not in negative, negative  # the direction negative
+        if ms.QA_TYPES[out["question_type"]] == "direction":
+            assert ms.ANSWERS[out["answer"]] == true_side
+            direction_answers += 1
+        if flipped:
+            flipped_seen += 1
+        else:
+            kept_seen += 1
+            assert np.array_equal(out["video"], example["video"])
+    assert flipped_seen and kept_seen and direction_answers
+
+
+def test_config_builds_the_spec_and_checks_batch_divisibility(tiny_dataset):
+    config = config_lib.load("configs/pretrain.py:tiny", [f"data.data_dir={tiny_dataset.parents[2]}"])
+    spec = pipeline.Spec.from_config(config, shard_index=1, shard_count=2)
+    assert spec.batch_size == config.train.batch_size // 2 and spec.dataset_path == str(tiny_dataset)
+    with pytest.raises(UserError, match="not divisible"):
+        pipeline.Spec.from_config(config, shard_index=0, shard_count=3)
+
+
+def test_missing_split_is_a_user_error(spec):
+    with pytest.raises(UserError, match="split 'nope'"):
+        pipeline.eval_dataset(spec, "nope")

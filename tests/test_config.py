@@ -1,0 +1,63 @@
+"""Config files: presets, typed overrides, helpful errors, validation, config.json."""
+
+import json
+
+import pytest
+
+from vlm_jax import config as config_lib
+from vlm_jax.errors import UserError
+
+PRETRAIN = "configs/pretrain.py"
+
+
+def test_presets_load_with_the_design_keys():
+    for preset in ("tiny", "small", "base"):
+        flat = config_lib.flatten(config_lib.load(f"{PRETRAIN}:{preset}"))
+        for key in ("seed", "data.name", "data.data_dir", "data.num_frames", "data.image_size", "train.num_steps",
+                    "train.batch_size", "mesh.shape", "mesh.axes", "model.video.name", "model.text.name",
+                    "model.audio.name", "model.fusion.name", "losses.contrastive"):
+            assert key in flat, (preset, key)
+    assert config_lib.load(PRETRAIN).preset == "tiny"
+
+
+def test_overrides_are_parsed_to_the_field_type():
+    config = config_lib.load(f"{PRETRAIN}:small", [
+        "train.batch_size=64", "--config.data.augment.flip=false", "mesh.shape=(2, 4, 1)",
+        "data.augment.min_crop_scale=1", "data.source=/videos", "model.audio.name=None"])
+    assert config.train.batch_size == 64 and config.data.augment.flip is False
+    assert config.mesh.shape == (2, 4, 1) and config.data.augment.min_crop_scale == 1.0
+    assert config.data.source == "/videos" and config.model.audio.name is None
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.batch_sise=3", r"unknown config key 'train.batch_sise'; did you mean train.batch_size\?"),
+    ("data.num_frame=8", r"did you mean data.num_frames"),
+    ("zzz.qqq=1", r"unknown config key 'zzz.qqq'$"),
+    ("train.batch_size=abc", r"'train.batch_size' expects int, got 'abc'"),
+    ("data.augment.flip=maybe", r"expects bool"),
+    ("mesh.shape=3", r"expects tuple"),
+    ("train.batch_size", r"is not KEY=VALUE"),
+    ("data.size=huge", r"data.size must be one of tiny, small, default"),
+    ("data.num_frames=32", r"data.num_frames must not exceed data.build_frames"),
+    ("mesh.shape=(-1, -1, 1)", r"at most one -1"),
+    ("data.name=video_folder", r"data.source must name a video folder"),
+])
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(UserError, match=message):
+        config_lib.load(f"{PRETRAIN}:tiny", [override])
+
+
+def test_bad_file_and_preset():
+    with pytest.raises(UserError, match="config file not found"):
+        config_lib.load("configs/nope.py:tiny")
+    with pytest.raises(UserError, match="unknown preset 'huge'"):
+        config_lib.load(f"{PRETRAIN}:huge")
+
+
+def test_written_config_reloads_equal(tmp_path):
+    config = config_lib.load(f"{PRETRAIN}:small", ["seed=7"])
+    path = config_lib.write(config, tmp_path / "run")
+    assert json.loads(path.read_text())["seed"] == 7
+    again = config_lib.from_json(path)
+    assert config_lib.flatten(again) == {k: list(v) if isinstance(v, tuple) else v
+                                          for k, v in config_lib.flatten(config).items()}

@@ -1,0 +1,107 @@
+"""The `vlm` command (also `python -m vlm_jax`).
+
+Exit codes: 0 success, 2 a user error reported on one line, 1 an internal error.
+Subcommands import their modules lazily, so `vlm --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from vlm_jax.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag on one line, as a user error."""
+
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {message}")
+
+
+def _dataset_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", help="moving_shapes or video_folder")
+    parser.add_argument("--data_dir", required=True, help="where prepared data sets live")
+    parser.add_argument("--size", default="tiny", help="moving_shapes size: tiny, small or default")
+    parser.add_argument("--seed", type=int, default=0, help="generation seed (moving_shapes), split seed (video_folder)")
+    parser.add_argument("--num_frames", type=int, default=16, help="frames stored per clip")
+    parser.add_argument("--image_size", type=int, default=64, help="stored resolution, 8 to 224")
+    parser.add_argument("--source", help="video_folder: the folder of video files")
+    parser.add_argument("--captions", help="video_folder: captions file (JSON or CSV); default SOURCE/captions.*")
+
+
+def _request(args):
+    from vlm_jax.data import builders
+    return builders.BuildRequest(name=args.name, data_dir=args.data_dir, size=args.size, seed=args.seed,
+                                 num_frames=args.num_frames, image_size=args.image_size, source=args.source,
+                                 captions=args.captions)
+
+
+def _data_build(args) -> None:
+    from vlm_jax.data import builders
+    start = time.perf_counter()
+    path = builders.build(_request(args))
+    seconds = time.perf_counter() - start
+    info = builders.open_dataset(path).info
+    clips = sum(split.num_examples for split in info.splits.values())
+    disk = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    print(json.dumps({"path": str(path), "splits": {k: v.num_examples for k, v in info.splits.items()},
+                      "seconds": round(seconds, 2), "clips_per_s": round(clips / max(seconds, 1e-9), 1),
+                      "disk_mb": round(disk / 2**20, 1)}, indent=2))
+
+
+def _data_show(args) -> None:
+    from pathlib import Path
+
+    from vlm_jax.data import builders, show
+    stats = show.show(builders.dataset_dir(_request(args)), Path(args.out), num_clips=args.num_clips, split=args.split)
+    print(json.dumps(stats, indent=2))
+    print(f"wrote {args.out}/contact_sheet.png, clips.gif, audio.png, samples.md, stats.json")
+
+
+def _bench(args) -> None:
+    from vlm_jax import bench
+    bench.run(quick=args.quick, out_dir=args.out, data_dir=args.data_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="vlm", description="vlm_jax: video-language models in JAX")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    data = commands.add_parser("data", help="build and inspect data sets")
+    data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    build = data_commands.add_parser("build", help="prepare a data set (TFDS, ArrayRecord)")
+    _dataset_args(build)
+    build.set_defaults(func=_data_build)
+    show = data_commands.add_parser("show", help="statistics, samples, a contact sheet and a GIF")
+    _dataset_args(show)
+    show.add_argument("--out", required=True, help="output folder")
+    show.add_argument("--split", default="train")
+    show.add_argument("--num_clips", type=int, default=8)
+    show.set_defaults(func=_data_show)
+
+    bench = commands.add_parser("bench", help="measure throughput side by side")
+    bench.add_argument("--quick", action="store_true", help="seconds, for CI")
+    bench.add_argument("--out", default="bench", help="where results.json and results.md go")
+    bench.add_argument("--data_dir", help="prepared data sets (default $VLM_DATA_DIR or ./data)")
+    bench.set_defaults(func=_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        args.func(args)
+    except UserError as error:
+        print(f"vlm: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vlm: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

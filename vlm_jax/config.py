@@ -1,0 +1,144 @@
+"""Config files: loading `FILE[:preset]`, command-line overrides, validation and config.json.
+
+A config file is a Python module with `get_config(arg=None) -> ml_collections.ConfigDict`
+(big_vision style); `arg` names a preset. Overrides look like `train.batch_size=64`;
+their values are parsed to the type of the value they replace.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import ml_collections
+
+from vlm_jax.errors import UserError
+
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+
+
+def load(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
+    """The config named by `FILE[:preset]`, with overrides applied, validated."""
+    path, _, arg = spec.partition(":")
+    if not Path(path).is_file():
+        raise UserError(f"config file not found: {path}")
+    module_spec = importlib.util.spec_from_file_location(f"vlm_config_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise UserError(f"config file {path} has no get_config(arg) function")
+    try:
+        config = module.get_config(arg or None)
+    except ValueError as e:  # config files raise ValueError for an unknown preset
+        raise UserError(f"{path}: {e}") from None
+    for override in overrides:
+        apply_override(config, override)
+    validate(config)
+    return config
+
+
+def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> leaf value."""
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, ml_collections.ConfigDict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
+    """Set `key.path=value` in place; unknown keys and badly typed values raise UserError."""
+    key, sep, text = override.partition("=")
+    key = key.removeprefix("--config.").strip()
+    if not sep or not key:
+        raise UserError(f"config override {override!r} is not KEY=VALUE")
+    known = flatten(config)
+    if key not in known:
+        close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UserError(f"unknown config key {key!r}{hint}")
+    *parents, leaf = key.split(".")
+    node = config
+    for parent in parents:
+        node = node[parent]
+    node[leaf] = parse_value(key, text, node.get_type(leaf))
+
+
+def parse_value(key: str, text: str, expected: type) -> Any:
+    """`text` as the field's declared type (any Python literal, else a string, when it is untyped None)."""
+    text = text.strip()
+    if text.lower() == "none" and not issubclass(expected, (bool, int, float)):
+        return None
+    try:
+        if expected is bool:
+            if text.lower() not in _TRUE | _FALSE:
+                raise ValueError
+            return text.lower() in _TRUE
+        if expected in (int, float, str):
+            return expected(text)
+        if expected in (tuple, list):
+            value = ast.literal_eval(text)
+            if not isinstance(value, (tuple, list)):
+                raise ValueError
+            return expected(value)
+    except (ValueError, SyntaxError):
+        raise UserError(f"config key {key!r} expects {expected.__name__}, got {text!r}") from None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Constraints checked before anything is built or compiled; each failure names its key."""
+    from vlm_jax.data import builders  # data sits beside the config, not above it
+
+    data = config.data
+    _check(data.name in ("moving_shapes", "video_folder"), "data.name", "must be moving_shapes or video_folder",
+           data.name)
+    _check(data.name != "video_folder" or data.source, "data.source", "must name a video folder for video_folder",
+           data.source)
+    _check(data.size in builders.SIZES, "data.size", f"must be one of {', '.join(builders.SIZES)}", data.size)
+    for key in ("num_frames", "image_size", "build_frames", "build_image_size", "max_text_len"):
+        _check(isinstance(data[key], int) and data[key] > 0, f"data.{key}", "must be a positive integer", data[key])
+    _check(data.num_frames <= data.build_frames, "data.num_frames", "must not exceed data.build_frames",
+           data.num_frames)
+    _check(8 <= data.build_image_size <= 224, "data.build_image_size", "must be between 8 and 224",
+           data.build_image_size)
+    _check(0.0 < data.augment.min_crop_scale <= 1.0, "data.augment.min_crop_scale", "must be in (0, 1]",
+           data.augment.min_crop_scale)
+    _check(data.num_workers >= 0, "data.num_workers", "must be >= 0", data.num_workers)
+    _check(config.train.batch_size > 0, "train.batch_size", "must be positive", config.train.batch_size)
+    _check(config.train.num_steps >= 0, "train.num_steps", "must be >= 0", config.train.num_steps)
+    _check(len(config.mesh.shape) == len(config.mesh.axes), "mesh.shape", "must have one entry per mesh.axes",
+           config.mesh.shape)
+    _check(list(config.mesh.shape).count(-1) <= 1, "mesh.shape", "may hold at most one -1", config.mesh.shape)
+
+
+def _check(ok: bool, key: str, constraint: str, value: Any) -> None:
+    if not ok:
+        raise UserError(f"config key {key} {constraint} (got {value!r})")
+
+
+def write(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
+    """Write the resolved config as workdir/config.json, so the run can be reproduced."""
+    path = Path(workdir) / "config.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list) + "\n")
+    return path
+
+
+def from_json(path: str | os.PathLike) -> ml_collections.ConfigDict:
+    """A config written by `write`, as a ConfigDict again (tuples come back as lists)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no config.json at {path}")
+    return ml_collections.ConfigDict(json.loads(path.read_text()))

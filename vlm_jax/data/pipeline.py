@@ -1,0 +1,295 @@
+"""The grain input pipeline: per-process shards, seeded shuffling, augmentation, tokenisation, batching.
+
+Training batches carry one sampled caption, one hard negative and one QA pair
+per clip; evaluation batches carry every caption and every question, padded,
+with validity masks, and are padded to full batches (`valid` marks real clips).
+Videos stay uint8 on the host (4x less to move than float32); audio is float32
+in [-1, 1]. The iterator's state (`get_state` / `set_state`) resumes exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import re
+from typing import Any
+
+import grain
+import numpy as np
+from PIL import Image
+
+from vlm_jax.data import builders, tokenizer, video_io
+from vlm_jax.errors import UserError
+
+# Words a horizontal flip swaps, so that text stays true to the flipped pixels.
+_FLIP_WORDS = {"left": "right", "right": "left", "leftward": "rightward", "rightward": "leftward"}
+_FLIP_PATTERN = re.compile(r"\b(" + "|".join(_FLIP_WORDS) + r")\b")
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """Everything the pipeline reads from the config (`Spec.from_config`)."""
+    dataset_path: str
+    num_frames: int
+    image_size: int
+    max_text_len: int
+    batch_size: int  # per process
+    seed: int
+    min_crop_scale: float = 1.0  # 1.0 turns random cropping off
+    flip: bool = False
+    max_captions: int = 4
+    max_questions: int = 8
+    num_choices: int = 4
+    num_workers: int = 0
+    prefetch: int = 2
+    shard_index: int = 0
+    shard_count: int = 1
+
+    @classmethod
+    def from_config(cls, config, shard_index: int = 0, shard_count: int = 1) -> "Spec":
+        data = config.data
+        if config.train.batch_size % shard_count:
+            raise UserError(f"train.batch_size={config.train.batch_size} is not divisible by the "
+                            f"{shard_count} processes")
+        return cls(
+            dataset_path=str(builders.dataset_dir(build_request(config))),
+            num_frames=data.num_frames, image_size=data.image_size, max_text_len=data.max_text_len,
+            batch_size=config.train.batch_size // shard_count, seed=config.seed,
+            min_crop_scale=data.augment.min_crop_scale, flip=data.augment.flip,
+            num_workers=data.num_workers, prefetch=data.prefetch, shard_index=shard_index, shard_count=shard_count)
+
+
+def build_request(config) -> builders.BuildRequest:
+    data = config.data
+    return builders.BuildRequest(
+        name=data.name, data_dir=data.data_dir, size=data.size, seed=data.build_seed,
+        num_frames=data.build_frames, image_size=data.build_image_size, source=data.source,
+        captions=data.captions_file)
+
+
+@dataclasses.dataclass(frozen=True)
+class Vocabulary:
+    """The answer and question-type vocabularies the data set declares."""
+    answers: tuple[str, ...]
+    question_types: tuple[str, ...]
+
+    @classmethod
+    def of(cls, dataset: Any) -> "Vocabulary":
+        meta = dataset.info.metadata or {}
+        return cls(tuple(meta.get("answers", ())), tuple(meta.get("question_types", ())))
+
+
+def shard(ds: grain.MapDataset, shard_index: int, shard_count: int) -> grain.MapDataset:
+    """This process's part: disjoint across processes and equal in size (the remainder is dropped)."""
+    usable = len(ds) - len(ds) % shard_count
+    if usable == 0:
+        raise UserError(f"the data set has {len(ds)} clips, fewer than the {shard_count} processes")
+    return ds[:usable][shard_index::shard_count]
+
+
+# ----------------------------------------------------------------------------- per-example transforms
+
+
+def _text(value) -> str:
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _texts(values) -> list[str]:
+    return [_text(v) for v in values]
+
+
+def _resize(video: np.ndarray, size: int) -> np.ndarray:
+    if video.shape[1] == size and video.shape[2] == size:
+        return video
+    return np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.BILINEAR)) for f in video])
+
+
+def _swap_sides(text: str) -> str:
+    return _FLIP_PATTERN.sub(lambda m: _FLIP_WORDS[m.group(0)], text)
+
+
+class Transform:
+    """Decoded example -> model-ready arrays; `rng` None means evaluation (deterministic)."""
+
+    def __init__(self, spec: Spec, vocab: Vocabulary):
+        self.spec, self.vocab = spec, vocab
+        self.answer_ids = {a: i for i, a in enumerate(vocab.answers)}
+        self.type_ids = {t: i for i, t in enumerate(vocab.question_types)}
+
+    def __call__(self, example: dict, rng: np.random.Generator | None) -> dict:
+        spec = self.spec
+        video = example["video"]
+        mode = "uniform" if rng is None else "random_segment"
+        frames = video_io.sample_frame_indices(video.shape[0], spec.num_frames, mode, rng)
+        video = video[frames]
+        boxes = example["boxes"][frames] if "boxes" in example else None
+        text = {k: _texts(example[k]) for k in
+                ("captions", "hard_negatives", "hard_negative_kinds", "questions", "answers", "question_types",
+                 "choices")}
+        if rng is not None and spec.min_crop_scale < 1.0:
+            video, boxes = _random_crop(video, boxes, rng, spec.min_crop_scale)
+        video = _resize(video, spec.image_size)
+        if rng is not None and spec.flip and rng.random() < 0.5:
+            video = video[:, :, ::-1]
+            if boxes is not None:
+                boxes = np.stack([boxes[..., 0], 1 - boxes[..., 3], boxes[..., 2], 1 - boxes[..., 1]], axis=-1)
+            for key in ("captions", "hard_negatives", "questions", "answers", "choices"):
+                text[key] = [_swap_sides(t) for t in text[key]]
+        out = {
+            "video": np.ascontiguousarray(video),
+            "audio": example["audio"].astype(np.float32) / 32768.0,
+            "has_audio": np.asarray(example["has_audio"], np.bool_),
+        }
+        if boxes is not None:
+            out["boxes"] = boxes.astype(np.float32)
+        out.update(self._captions(text, rng))
+        out.update(self._questions(text, rng))
+        return out
+
+    def _captions(self, text: dict, rng) -> dict:
+        """Training: one random caption and one hard negative. Evaluation: every caption, padded."""
+        captions, negatives = text["captions"], text["hard_negatives"]
+        if rng is None:
+            kept = captions[:self.spec.max_captions]
+            ids, mask = _encode_padded(kept, self.spec.max_captions, self.spec.max_text_len)
+            return {"captions": ids, "caption_masks": mask,
+                    "caption_valid": np.arange(self.spec.max_captions) < len(kept)}
+        caption = captions[rng.integers(len(captions))] if captions else ""
+        negative = negatives[rng.integers(len(negatives))] if negatives else ""
+        ids, mask = tokenizer.encode([caption, negative], self.spec.max_text_len)
+        return {"caption": ids[0], "caption_mask": mask[0], "caption_valid": np.asarray(bool(captions)),
+                "negative": ids[1], "negative_mask": mask[1], "has_negative": np.asarray(bool(negatives))}
+
+    def _questions(self, text: dict, rng) -> dict:
+        """Training: one random question per clip. Evaluation: all of them, padded, with question_valid."""
+        spec = self.spec
+        count = len(text["questions"])
+        if rng is None:
+            rows = list(range(min(count, spec.max_questions)))
+        else:
+            rows = [int(rng.integers(count))] if count else []
+        width = spec.max_questions if rng is None else 1
+        ids, mask = _encode_padded([text["questions"][r] for r in rows], width, spec.max_text_len)
+        answers = np.full(width, -1, np.int32)
+        types = np.full(width, -1, np.int32)
+        choices = np.full((width, spec.num_choices), -1, np.int32)
+        correct = np.full(width, -1, np.int32)
+        for slot, r in enumerate(rows):
+            answer = text["answers"][r]
+            answers[slot] = self.answer_ids.get(answer, -1)
+            types[slot] = self.type_ids.get(text["question_types"][r], -1)
+            options = text["choices"][r].split("|") if r < len(text["choices"]) and text["choices"][r] else []
+            for c, option in enumerate(options[:spec.num_choices]):
+                choices[slot, c] = self.answer_ids.get(option, -1)
+                if option == answer:
+                    correct[slot] = c
+        if rng is None:
+            return {"questions": ids, "question_masks": mask, "answers": answers, "question_types": types,
+                    "choices": choices, "choice_answers": correct, "question_valid": np.arange(width) < len(rows)}
+        return {"question": ids[0], "question_mask": mask[0], "answer": answers[0], "question_type": types[0],
+                "choices": choices[0], "choice_answer": correct[0], "question_valid": np.asarray(bool(rows))}
+
+
+def _encode_padded(texts: list[str], rows: int, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and masks for `texts`, padded with all-zero rows up to `rows`."""
+    ids = np.zeros((rows, max_len), np.int32)
+    mask = np.zeros((rows, max_len), np.int32)
+    if texts:
+        ids[:len(texts)], mask[:len(texts)] = tokenizer.encode(texts, max_len)
+    return ids, mask
+
+
+def _random_crop(video, boxes, rng, min_scale):
+    """A random square crop covering min_scale..1 of the side; boxes follow and are clipped."""
+    side = video.shape[1]
+    crop = int(round(side * rng.uniform(min_scale, 1.0)))
+    y0, x0 = (int(v) for v in rng.integers(0, side - crop + 1, size=2))
+    video = video[:, y0:y0 + crop, x0:x0 + crop]
+    if boxes is not None:
+        offset = np.array([y0, x0, y0, x0], np.float32) / side
+        boxes = np.clip((boxes - offset) * side / crop, 0.0, 1.0)
+    return video, boxes
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+def _open(spec: Spec, split: str):
+    dataset = builders.open_dataset(spec.dataset_path)
+    if split not in dataset.info.splits:
+        raise UserError(f"split {split!r} not in the data set at {spec.dataset_path}; "
+                        f"it has {', '.join(dataset.info.splits)}")
+    return dataset, dataset.as_data_source(split=split)
+
+
+def train_dataset(spec: Spec, split: str = "train", num_epochs: int | None = None) -> grain.IterDataset:
+    """Endless (or num_epochs) shuffled, augmented batches of this process's shard."""
+    dataset, source = _open(spec, split)
+    ds = (shard(_indexed(source), spec.shard_index, spec.shard_count)
+          .shuffle(seed=spec.seed)
+          .repeat(num_epochs)
+          .random_map(_Train(Transform(spec, Vocabulary.of(dataset))), seed=spec.seed + 1)
+          .batch(spec.batch_size, drop_remainder=True))
+    return _finish(ds, spec)
+
+
+def eval_dataset(spec: Spec, split: str) -> grain.IterDataset:
+    """One pass over this process's shard in order, every caption and question, padded to full batches."""
+    dataset, source = _open(spec, split)
+    ds = (shard(_indexed(source), spec.shard_index, spec.shard_count)
+          .map(_Eval(Transform(spec, Vocabulary.of(dataset))))
+          .batch(spec.batch_size, drop_remainder=False)
+          .map(functools.partial(pad_batch, size=spec.batch_size)))
+    return _finish(ds, spec)
+
+
+def _indexed(source) -> grain.MapDataset:
+    """(position in the split, example): batches carry `index` so results map back to clips."""
+    # Indices past the end come from later epochs (grain wraps them); report the clip's own position.
+    size = len(source)
+    return grain.MapDataset.source(source).map_with_index(lambda index, example: (index % size, example))
+
+
+class _Train:
+    def __init__(self, transform: Transform):
+        self.transform = transform
+
+    def __call__(self, item: tuple[int, dict], rng: np.random.Generator) -> dict:
+        index, example = item
+        return {**self.transform(example, rng), "index": np.asarray(index)}
+
+
+class _Eval:
+    """The deterministic transform, plus `valid` (False on the padding of a short last batch)."""
+
+    def __init__(self, transform: Transform):
+        self.transform = transform
+
+    def __call__(self, item: tuple[int, dict]) -> dict:
+        index, example = item
+        return {**self.transform(example, None), "index": np.asarray(index), "valid": np.asarray(True)}
+
+
+def pad_batch(batch: dict, size: int) -> dict:
+    """Pad a short final batch with zeros; `valid` is False on the padding."""
+    count = len(batch["valid"])
+    if count == size:
+        return batch
+    return {k: np.concatenate([v, np.zeros((size - count,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
+
+
+def _finish(ds: grain.MapDataset, spec: Spec) -> grain.IterDataset:
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(spec.prefetch, 1), prefetch_buffer_size=spec.prefetch))
+    if spec.num_workers > 0:
+        _absl_flags_parsed()
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=spec.num_workers))
+    return it
+
+
+def _absl_flags_parsed() -> None:
+    """grain 0.2.18 workers read absl flags; mark them parsed (upstream bug, fixed later)."""
+    from absl import flags
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+        logging.debug("marked absl flags as parsed for grain workers")
