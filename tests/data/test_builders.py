@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import types
 
 import numpy as np
 import pytest
@@ -90,3 +91,13 @@ def test_bad_requests_name_the_problem(tmp_path, change, message):
 def test_opening_an_unbuilt_directory_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="vlm data build"):
         builders.open_dataset(tmp_path)
+
+
+def test_splits_too_big_for_memory_spill_to_disk_without_tensorflow(tmp_path, monkeypatch, small_size):
+    """TFDS spills splits over its memory budget through tf.io.gfile; the build must not need TensorFlow."""
+    from tensorflow_datasets.core import shuffle
+    in_memory = _records(builders.build(builders.BuildRequest("moving_shapes", str(tmp_path / "a"), size="tiny")))
+    monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 1 << 20)
+    spilled = _records(builders.build(builders.BuildRequest("moving_shapes", str(tmp_path / "b"), size="tiny")))
+    assert in_memory == spilled
+    assert not isinstance(shuffle.tf, types.SimpleNamespace)  # the real lazy module is back

@@ -9,11 +9,14 @@ resolution, seed), and read back from their directory with
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import logging
 import multiprocessing
 import os
+import resource
+import types
 from pathlib import Path
 
 import numpy as np
@@ -145,8 +148,32 @@ def _builder(request: BuildRequest) -> tfds.core.DatasetBuilder:
 def build(request: BuildRequest) -> Path:
     """Prepare the data set (a no-op when it exists) and return its directory."""
     builder = _builder(request)
-    builder.download_and_prepare()
+    with _local_shuffle_buckets():
+        builder.download_and_prepare()
     return Path(builder.data_dir)
+
+
+@contextlib.contextmanager
+def _local_shuffle_buckets():
+    """Let TFDS spill splits over 1 GB to local bucket files without TensorFlow.
+
+    TFDS 4.9.10's writer shuffles in memory up to 1 GB, then spills to 1,000 bucket files opened
+    through `tf.io.gfile`, which needs TensorFlow. Local files need only Python's own file calls.
+    """
+    from tensorflow_datasets.core import shuffle
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = shuffle.BUCKETS_NUMBER + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted if hard == resource.RLIM_INFINITY else min(wanted, hard),
+                                                    hard))
+    gfile = types.SimpleNamespace(GFile=open, exists=os.path.exists, remove=os.remove)
+    original = shuffle.tf
+    shuffle.tf = types.SimpleNamespace(io=types.SimpleNamespace(gfile=gfile))
+    try:
+        yield
+    finally:
+        shuffle.tf = original
 
 
 def dataset_dir(request: BuildRequest) -> Path:

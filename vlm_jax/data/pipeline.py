@@ -47,7 +47,11 @@ class Spec:
     shard_count: int = 1
 
     @classmethod
-    def from_config(cls, config, shard_index: int = 0, shard_count: int = 1) -> "Spec":
+    def from_config(cls, config, shard_index: int | None = None, shard_count: int | None = None) -> "Spec":
+        """The spec for this process: its shard is jax.process_index() of jax.process_count() by default."""
+        if shard_index is None or shard_count is None:
+            import jax
+            shard_index, shard_count = jax.process_index(), jax.process_count()
         data = config.data
         if config.train.batch_size % shard_count:
             raise UserError(f"train.batch_size={config.train.batch_size} is not divisible by the "
