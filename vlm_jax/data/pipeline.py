@@ -19,7 +19,7 @@ import grain
 import numpy as np
 from PIL import Image
 
-from vlm_jax.data import builders, tokenizer, video_io
+from vlm_jax.data import builders, moving_shapes, tokenizer, video_io
 from vlm_jax.errors import UserError
 
 # Words a horizontal flip swaps, so that text stays true to the flipped pixels.
@@ -82,6 +82,13 @@ class Vocabulary:
     def of(cls, dataset: Any) -> "Vocabulary":
         meta = dataset.info.metadata or {}
         return cls(tuple(meta.get("answers", ())), tuple(meta.get("question_types", ())))
+
+
+def num_answers(config) -> int:
+    """Size of the configured data set's answer vocabulary (moving_shapes' is fixed; others need a build)."""
+    if config.data.name == "moving_shapes":
+        return len(moving_shapes.ANSWERS)
+    return len(Vocabulary.of(builders.open_dataset(builders.dataset_dir(build_request(config)))).answers)
 
 
 def shard(ds: grain.MapDataset, shard_index: int, shard_count: int) -> grain.MapDataset:

@@ -50,6 +50,16 @@ def layer_norm(*, dtype: Dtype, param_dtype: Dtype, epsilon: float = 1e-6, name:
                         bias_init=logical(nn.initializers.zeros_init(), ("embed",)))
 
 
+def masked_mean(x: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """Mean of [B, L, D] over real tokens only (mask [B, L], None = all real); summed in float32 so bf16
+    stays accurate, and a row without real tokens pools to zeros."""
+    if mask is None:
+        return x.astype(jnp.float32).mean(axis=1).astype(x.dtype)
+    weights = mask.astype(jnp.float32)[..., None]
+    total = jnp.sum(x.astype(jnp.float32) * weights, axis=1)
+    return (total / jnp.maximum(jnp.sum(weights, axis=1), 1.0)).astype(x.dtype)
+
+
 def key_padding_mask(valid: jax.Array | None) -> jax.Array | None:
     """[B, S] validity of keys -> boolean attention mask broadcastable to [B, heads, T, S]."""
     return None if valid is None else valid.astype(bool)[:, None, None, :]
@@ -193,8 +203,41 @@ REMAT_POLICIES = {
 }
 
 
+def stack_layers(block: Any, block_kwargs: dict, num_layers: int, x: jax.Array, *args, remat: str = "none",
+                 scan: bool = False) -> jax.Array:
+    """`num_layers` copies of `block`, optionally rematerialised and scanned (one compiled layer).
+
+    Call it inside an `@nn.compact` method: the layers become that module's children (`layer_{i}`, or
+    `layers` with a leading "layers" parameter axis when scanned). Each layer runs as
+    `block(**block_kwargs)(x, *args)`; the last of `args` must be the `deterministic` flag.
+    """
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {remat!r}; choose one of {', '.join(REMAT_POLICIES)}")
+    if remat != "none":  # argnum 0 is the module itself, so `deterministic` is len(args) + 1
+        block = nn.remat(block, policy=REMAT_POLICIES[remat], static_argnums=(len(args) + 1,))
+    if scan:
+        scanned = nn.scan(
+            _ScanStep, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast,) * len(args), length=num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+        x, _ = scanned(block=block, block_kwargs=block_kwargs, name="layers")(x, *args)
+        return x
+    for i in range(num_layers):
+        x = block(name=f"layer_{i}", **block_kwargs)(x, *args)
+    return x
+
+
+class _ScanStep(nn.Module):
+    """One layer in the form nn.scan wants: (carry, *broadcast) -> (carry, None)."""
+    block: Any
+    block_kwargs: dict
+
+    @nn.compact
+    def __call__(self, x, *args):
+        return self.block(name="block", **self.block_kwargs)(x, *args), None
+
+
 class Transformer(nn.Module):
-    """`num_layers` TransformerBlocks, optionally rematerialised and scanned (one compiled layer)."""
+    """`num_layers` TransformerBlocks (see `stack_layers` for remat and scan)."""
     num_layers: int
     num_heads: int
     mlp_dim: int
@@ -211,31 +254,8 @@ class Transformer(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None = None, context: jax.Array | None = None,
                  context_mask: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
-        if self.remat not in REMAT_POLICIES:
-            raise ValueError(f"unknown remat policy {self.remat!r}; choose one of {', '.join(REMAT_POLICIES)}")
-        block = TransformerBlock
-        if self.remat != "none":
-            block = nn.remat(block, policy=REMAT_POLICIES[self.remat], static_argnums=(5,))
         kw = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype,
                   dropout_rate=self.dropout_rate, cross_attention=self.cross_attention, causal=self.causal,
                   use_rotary=self.use_rotary, decode=self.decode)
-        if self.scan:
-            scanned = nn.scan(
-                _ScanStep, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True, "dropout": True},
-                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast), length=self.num_layers,
-                metadata_params={nn.PARTITION_NAME: "layers"})
-            x, _ = scanned(block=block, block_kwargs=kw, name="layers")(x, mask, context, context_mask, deterministic)
-            return x
-        for i in range(self.num_layers):
-            x = block(name=f"layer_{i}", **kw)(x, mask, context, context_mask, deterministic)
-        return x
-
-
-class _ScanStep(nn.Module):
-    """One layer in the form nn.scan wants: (carry, *broadcast) -> (carry, None)."""
-    block: Any
-    block_kwargs: dict
-
-    @nn.compact
-    def __call__(self, x, mask, context, context_mask, deterministic):
-        return self.block(name="block", **self.block_kwargs)(x, mask, context, context_mask, deterministic), None
+        return stack_layers(TransformerBlock, kw, self.num_layers, x, mask, context, context_mask, deterministic,
+                            remat=self.remat, scan=self.scan)

@@ -1,0 +1,85 @@
+"""Fusion modules on random towers of different widths: shapes, jit, vmap, gradients, logical axes, padding."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vlm_jax.models.fusion import FUSIONS, Fused, concat_tokens
+from vlm_jax.models.layers import Encoded
+
+SMALL = dict(width=16, depth=1, num_heads=2, mlp_dim=32)
+_keys = jax.random.split(jax.random.key(0), 6)
+VIDEO = Encoded(jax.random.normal(_keys[0], (2, 6, 12)), jax.random.normal(_keys[1], (2, 12)),
+                jnp.array([[True] * 6, [True] * 4 + [False] * 2]))
+TEXT = Encoded(jax.random.normal(_keys[2], (2, 5, 20)), jax.random.normal(_keys[3], (2, 20)),
+               jnp.array([[True] * 5, [True] * 3 + [False] * 2]))
+AUDIO = Encoded(jax.random.normal(_keys[4], (2, 3, 8)), jax.random.normal(_keys[5], (2, 8)), None)
+
+
+def assert_all_leaves_named(variables):
+    is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)
+    specs = jax.tree.leaves(nn.get_partition_spec(variables), is_leaf=is_spec)
+    values = jax.tree.leaves(nn.meta.unbox(variables))
+    assert len(specs) == len(values)
+    for spec, value in zip(specs, values):
+        assert isinstance(spec, jax.sharding.PartitionSpec) and len(spec) == value.ndim, (spec, value.shape)
+
+
+def test_concat_tokens_masks():
+    ones = jnp.ones((2, 3, 4))
+    assert concat_tokens([(ones, None), (ones, None)])[1] is None
+    tokens, mask = concat_tokens([(ones, None), (ones, jnp.array([[1, 0, 0], [1, 1, 1]]))])
+    assert tokens.shape == (2, 6, 4) and mask.dtype == bool
+    np.testing.assert_array_equal(mask[0], [True] * 4 + [False] * 2)
+
+
+@pytest.mark.parametrize("name", sorted(FUSIONS))
+def test_fusion(name):
+    """With and without audio: shapes, gradients, vmap, padding, bf16; all inside one jit, so each fusion
+    compiles once."""
+    model = FUSIONS[name](**SMALL)
+    bf16_model = FUSIONS[name](dtype=jnp.bfloat16, **SMALL)
+    probe = jax.random.normal(jax.random.key(2), (2, 5, 16))
+    variants = [  # original; padded video and text tokens changed; real video tokens changed
+        (VIDEO, TEXT),
+        (VIDEO._replace(tokens=VIDEO.tokens.at[1, 4:].set(50.0)),
+         TEXT._replace(tokens=TEXT.tokens.at[1, 3:].set(-50.0))),
+        (VIDEO._replace(tokens=VIDEO.tokens + 1.0), TEXT),
+    ]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *variants)
+
+    @jax.jit
+    def run(stacked):
+        results = {}
+        for audio in (AUDIO, None):
+            variables = model.init(jax.random.key(1), VIDEO, TEXT, audio)
+
+            def loss(v):
+                out = model.apply(v, VIDEO, TEXT, audio)
+                return jnp.sum(out.tokens * probe) + jnp.sum(out.pooled * probe[:, 0]), out
+
+            (_, out), grads = jax.value_and_grad(loss, has_aux=True)(variables)
+            mapped = jax.vmap(lambda video, text: model.apply(variables, video, text, audio))(*stacked)
+            results[audio is not None] = variables, out, grads, mapped
+        return results, bf16_model.apply(results[True][0], VIDEO, TEXT, AUDIO)
+
+    results, bf16_out = run(stacked)
+    for with_audio, (variables, out, grads, mapped) in results.items():
+        case = f"{name}, audio={with_audio}"
+        assert_all_leaves_named(variables)
+        assert isinstance(out, Fused)
+        assert out.tokens.shape == (2, 5, 16) and out.pooled.shape == (2, 16), case
+        for path, grad in jax.tree_util.tree_leaves_with_path(nn.meta.unbox(grads)):
+            assert np.isfinite(grad).all() and np.abs(grad).max() > 0, (case, jax.tree_util.keystr(path))
+        np.testing.assert_allclose(mapped.tokens[0], out.tokens, atol=1e-5, err_msg=case)
+        np.testing.assert_allclose(mapped.pooled[0], out.pooled, atol=1e-5, err_msg=case)
+        # padded video and text tokens are invisible at every real position and in the pooled vector
+        np.testing.assert_allclose(mapped.tokens[1, :, :3], out.tokens[:, :3], atol=1e-5, err_msg=case)
+        np.testing.assert_allclose(mapped.pooled[1], out.pooled, atol=1e-5, err_msg=case)
+        # real video tokens reach the text tokens only in the token-level fusions
+        token_level = name in ("concat_early", "cross_attention", "co_attention")
+        assert (np.abs(mapped.tokens[2] - out.tokens).max() > 1e-4) == token_level, case
+    assert bf16_out.tokens.dtype == jnp.bfloat16 and bf16_out.pooled.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(bf16_out.pooled, np.float32), results[True][1].pooled, atol=0.1)

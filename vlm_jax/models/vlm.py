@@ -1,0 +1,156 @@
+"""The video-language model: towers, fusion and heads composed from the config's `model` block.
+
+Any video encoder x text encoder x audio (or none) x fusion is one config line each:
+`model.video.name`, `model.text.name`, `model.audio.name` (None = off), `model.fusion.name`.
+Each family keeps its own block (`model.video.vivit`, `model.video.cnn2d`, ...), so switching the name
+needs no other change. Methods are the entry points the train steps and evaluators call through
+`VLM.apply(variables, ..., method=VLM.<name>)`; `__call__` runs every part once (for init and tests).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from vlm_jax.models import audio, fusion, heads
+from vlm_jax.models.layers import Encoded
+from vlm_jax.models.text import bert, bow
+from vlm_jax.models.video import cnn2d, cnn_rnn, i3d, single_frame, vivit
+
+VIDEO_ENCODERS = {"vivit": vivit.ViViT, "cnn2d": cnn2d.CNN2D, "i3d": i3d.I3D, "cnn_rnn": cnn_rnn.CNNRNN,
+                  "single_frame": single_frame.SingleFrame}
+TEXT_ENCODERS = {"bow": bow.BagOfWords, "bert": bert.Bert}
+AUDIO_ENCODERS = {"audio_transformer": audio.AudioTransformer}
+# The modules whose SIZES tables give each family's block per preset.
+_SIZE_TABLES = {"vivit": vivit, "cnn2d": cnn2d, "i3d": i3d, "cnn_rnn": cnn_rnn, "single_frame": single_frame,
+                "bow": bow, "bert": bert, "audio_transformer": audio}
+# Fusion, caption decoder, MVM and QA sizes per preset, and the retrieval embedding width.
+_HEAD_SIZES = {
+    "tiny": {"width": 64, "depth": 1, "num_heads": 2, "mlp_dim": 128, "embed_dim": 64},
+    "small": {"width": 256, "depth": 2, "num_heads": 4, "mlp_dim": 1024, "embed_dim": 256},
+    "base": {"width": 384, "depth": 4, "num_heads": 6, "mlp_dim": 1536, "embed_dim": 256},
+}
+
+
+def model_config(size: str) -> ml_collections.ConfigDict:
+    """The `model` block for a preset size: every family's own block, so any one can be chosen by name."""
+    heads_size = _HEAD_SIZES[size]
+    width = heads_size["width"]
+    block = lambda name: ml_collections.ConfigDict(dict(_SIZE_TABLES[name].SIZES[size]))
+    return ml_collections.ConfigDict({
+        "dtype": "float32",
+        "param_dtype": "float32",
+        "embed_dim": heads_size["embed_dim"],
+        "video": {"name": "vivit", **{name: block(name) for name in VIDEO_ENCODERS}},
+        "text": {"name": "bert", **{name: block(name) for name in TEXT_ENCODERS}},
+        "audio": {"name": "audio_transformer", **{name: block(name) for name in AUDIO_ENCODERS}},
+        "fusion": {"name": "cross_attention", "width": width, "depth": heads_size["depth"],
+                   "num_heads": heads_size["num_heads"], "mlp_dim": heads_size["mlp_dim"], "dropout": 0.0,
+                   "remat": "none"},
+        "caption": {"width": width, "depth": heads_size["depth"], "num_heads": heads_size["num_heads"],
+                    "mlp_dim": heads_size["mlp_dim"], "dropout": 0.0, "remat": "none"},
+        "mvm": {"tubelet": (2, 16, 16), "mask_ratio": 0.5, "width": width, "depth": 1,
+                "num_heads": heads_size["num_heads"], "mlp_dim": heads_size["mlp_dim"]},
+        "qa": {"mlp_dim": heads_size["mlp_dim"], "dropout": 0.0},
+    })
+
+
+def _kwargs(block: Any) -> dict:
+    """A config block as constructor keyword arguments (JSON lists become the tuples modules expect)."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in dict(block).items()}
+
+
+class VLM(nn.Module):
+    """Towers + fusion + heads. `config` is the (frozen) `model` block; `num_answers` comes from the data."""
+    config: ml_collections.FrozenConfigDict
+    num_answers: int
+
+    def setup(self):
+        cfg = self.config
+        kw = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+        self.video_encoder = VIDEO_ENCODERS[cfg.video.name](**_kwargs(cfg.video[cfg.video.name]), **kw)
+        self.text_encoder = TEXT_ENCODERS[cfg.text.name](**_kwargs(cfg.text[cfg.text.name]), **kw)
+        self.audio_encoder = (AUDIO_ENCODERS[cfg.audio.name](**_kwargs(cfg.audio[cfg.audio.name]), **kw)
+                              if cfg.audio.name else None)
+        fusion_kwargs = {k: v for k, v in _kwargs(cfg.fusion).items() if k != "name"}
+        self.fusion = fusion.FUSIONS[cfg.fusion.name](**fusion_kwargs, **kw)
+        self.contrastive = heads.ContrastiveHead(embed_dim=cfg.embed_dim, **kw)
+        self.matching = heads.MatchingHead(**kw)
+        self.mlm_head = heads.MlmHead(**kw)
+        mvm = _kwargs(cfg.mvm)
+        self.mvm_head = heads.MvmHead(width=mvm["width"], depth=mvm["depth"], num_heads=mvm["num_heads"],
+                                      mlp_dim=mvm["mlp_dim"], target_dim=math.prod(mvm["tubelet"]) * 3, **kw)
+        self.caption_decoder = heads.CaptionDecoder(**_kwargs(cfg.caption), **kw)
+        self.qa_head = heads.QaHead(num_answers=self.num_answers, **_kwargs(cfg.qa), **kw)
+
+    # ------------------------------------------------------------------ towers
+
+    def encode_video(self, video: jax.Array, audio_wave: jax.Array | None = None, *,
+                     train: bool = False) -> tuple[Encoded, Encoded | None]:
+        """uint8 (or [-1, 1] float) frames [B, T, H, W, 3] and the waveform -> video and audio tokens."""
+        dtype = jnp.dtype(self.config.dtype)
+        pixels = video.astype(dtype) * (2.0 / 255.0) - 1.0 if video.dtype == jnp.uint8 else video.astype(dtype)
+        encoded = self.video_encoder(pixels, train=train)
+        sound = None
+        if self.audio_encoder is not None and audio_wave is not None:
+            sound = self.audio_encoder(audio_wave, train=train)
+        return encoded, sound
+
+    def encode_text(self, ids: jax.Array, mask: jax.Array, *, train: bool = False) -> Encoded:
+        return self.text_encoder(ids, mask, train=train)
+
+    # ------------------------------------------------------------------ heads
+
+    def embed(self, video: Encoded, text: Encoded) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Unit-norm retrieval embeddings of both towers and the contrastive logit scale."""
+        return self.contrastive(video.pooled, text.pooled)
+
+    def fuse(self, video: Encoded, audio: Encoded | None, text: Encoded, *, train: bool = False) -> fusion.Fused:
+        return self.fusion(video, text, audio, train=train)
+
+    def match(self, fused: fusion.Fused) -> jax.Array:
+        """Video-text matching logit [B]."""
+        return self.matching(fused.pooled)
+
+    def mlm(self, fused: fusion.Fused) -> jax.Array:
+        """Masked-language-model logits [B, L, vocab], tied to the text tower's word embeddings."""
+        return self.mlm_head(fused.tokens, self.text_encoder.embedding_table())
+
+    def answer(self, fused: fusion.Fused, *, train: bool = False) -> jax.Array:
+        """Answer logits [B, num_answers]."""
+        return self.qa_head(fused.pooled, train=train)
+
+    def caption(self, tokens: jax.Array, video: Encoded, audio: Encoded | None, *, train: bool = False) -> jax.Array:
+        """Teacher-forced caption logits [B, L, vocab]."""
+        return self.caption_decoder(tokens, video, audio, train=train)
+
+    def mvm(self, video: Encoded, positions: jax.Array, num_cubes: int) -> jax.Array:
+        """Pixels of the masked cubes at `positions` [B, M] of the `num_cubes` cubes of `model.mvm.tubelet`."""
+        return self.mvm_head(video, positions, num_cubes)
+
+    def __call__(self, video: jax.Array, audio_wave: jax.Array | None, caption: jax.Array, caption_mask: jax.Array,
+                 question: jax.Array, question_mask: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
+        """Every part once, on one batch: what init traces, and what the tests check end to end."""
+        video_tokens, audio_tokens = self.encode_video(video, audio_wave, train=train)
+        caption_tokens = self.encode_text(caption, caption_mask, train=train)
+        video_emb, text_emb, scale = self.embed(video_tokens, caption_tokens)
+        fused_caption = self.fuse(video_tokens, audio_tokens, caption_tokens, train=train)
+        fused_question = self.fuse(video_tokens, audio_tokens, self.encode_text(question, question_mask,
+                                                                                train=train), train=train)
+        grid = vivit.tubelet_grid(video.shape, tuple(self.config.mvm.tubelet))
+        cubes = math.prod(grid)
+        masked = max(1, round(self.config.mvm.mask_ratio * cubes))
+        positions = jnp.broadcast_to(jnp.arange(masked), (video.shape[0], masked))
+        return {
+            "video_embedding": video_emb, "text_embedding": text_emb, "logit_scale": scale,
+            "match": self.match(fused_caption),
+            "mlm": self.mlm(fused_caption),
+            "answer": self.answer(fused_question, train=train),
+            "caption": self.caption(caption, video_tokens, audio_tokens, train=train),
+            "mvm": self.mvm(video_tokens, positions, cubes),
+        }
