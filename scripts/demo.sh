@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded default data: ./scripts/demo.sh [OUT_DIR]
 # Creates .venv and installs on first use. Today: build moving_shapes, show its statistics and pictures,
-# and measure the input pipeline. Training, evaluation and the report join as they land.
+# summarise the model and measure the input pipeline. Training, evaluation and the report join as they land.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 OUT="${1:-demo_out}"
@@ -23,6 +23,9 @@ for split, s in stats["splits"].items():
 PY
 head -n 30 "$OUT/data/samples.md"
 
-echo "== 3. input pipeline throughput"
+echo "== 3. the model the tiny preset builds"
+vlm models summary --config configs/pretrain.py:tiny
+
+echo "== 4. input pipeline throughput"
 vlm bench --quick --data_dir "$DATA_DIR" --out "$OUT/bench"
 echo "demo done: open $OUT/data/contact_sheet.png and $OUT/data/clips.gif"

@@ -6,9 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.signal
-from flax import traverse_util
-from jax.sharding import PartitionSpec
 
+from checks import assert_all_leaves_named, assert_gradients_finite_and_nonzero
 from vlm_jax.models import audio
 
 RATE, N_FFT, HOP, N_MELS = 16000, 400, 160, 64
@@ -98,17 +97,12 @@ def test_vmap_matches_batch_and_grad_reaches_every_leaf(tiny):
     weights = np.random.default_rng(0).normal(size=batched.shape)
     grads = jax.jit(jax.grad(lambda p: jnp.sum(model.apply({"params": p}, waves).pooled * weights)))(
         nn.meta.unbox(variables)["params"])
-    for path, grad in traverse_util.flatten_dict(grads, sep="/").items():
-        assert np.isfinite(grad).all() and np.abs(grad).max() > 0, path
+    assert_gradients_finite_and_nonzero(grads)
 
 
 def test_every_leaf_has_logical_axes(tiny):
     _, _, variables, _ = tiny
-    specs = traverse_util.flatten_dict(nn.get_partition_spec(variables)["params"], sep="/")
-    leaves = traverse_util.flatten_dict(nn.meta.unbox(variables)["params"], sep="/")
-    assert specs.keys() == leaves.keys()
-    for path, leaf in leaves.items():
-        assert isinstance(specs[path], PartitionSpec) and len(specs[path]) == leaf.ndim, path
+    assert_all_leaves_named(variables)
 
 
 def test_bf16_compute_runs(tiny):

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from checks import assert_all_leaves_named, assert_gradients_finite_and_nonzero
 from vlm_jax.models.video.cnn2d import CNN2D, SIZES
 
 VIDEO = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 8, 32, 32, 3)), jnp.float32)
@@ -49,18 +50,12 @@ def test_every_parameter_gets_a_finite_nonzero_gradient(model_and_variables):
         out = model.apply({"params": params}, VIDEO, train=True)
         return jnp.sum(out.tokens * weights) + jnp.sum(out.pooled ** 2)
 
-    grads = jax.tree_util.tree_leaves_with_path(jax.jit(jax.grad(loss))(variables["params"]))
-    for path, grad in grads:
-        assert np.isfinite(grad).all() and np.abs(grad).max() > 0, jax.tree_util.keystr(path)
+    assert_gradients_finite_and_nonzero(jax.jit(jax.grad(loss))(variables["params"]))
 
 
 def test_every_parameter_has_logical_axes(model_and_variables):
     _, variables, _ = model_and_variables
-    specs = jax.tree_util.tree_leaves_with_path(nn.get_partition_spec(variables))
-    arrays = jax.tree_util.tree_leaves_with_path(nn.meta.unbox(variables))
-    assert [p for p, _ in specs] == [p for p, _ in arrays]
-    for (path, spec), (_, array) in zip(specs, arrays):
-        assert len(spec) == array.ndim, jax.tree_util.keystr(path)
+    assert_all_leaves_named(variables)
 
 
 def test_frame_order(model_and_variables):

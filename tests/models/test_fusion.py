@@ -1,11 +1,11 @@
 """Fusion modules on random towers of different widths: shapes, jit, vmap, gradients, logical axes, padding."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from checks import assert_all_leaves_named, assert_gradients_finite_and_nonzero
 from vlm_jax.models.fusion import FUSIONS, Fused, concat_tokens
 from vlm_jax.models.layers import Encoded
 
@@ -16,15 +16,6 @@ VIDEO = Encoded(jax.random.normal(_keys[0], (2, 6, 12)), jax.random.normal(_keys
 TEXT = Encoded(jax.random.normal(_keys[2], (2, 5, 20)), jax.random.normal(_keys[3], (2, 20)),
                jnp.array([[True] * 5, [True] * 3 + [False] * 2]))
 AUDIO = Encoded(jax.random.normal(_keys[4], (2, 3, 8)), jax.random.normal(_keys[5], (2, 8)), None)
-
-
-def assert_all_leaves_named(variables):
-    is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)
-    specs = jax.tree.leaves(nn.get_partition_spec(variables), is_leaf=is_spec)
-    values = jax.tree.leaves(nn.meta.unbox(variables))
-    assert len(specs) == len(values)
-    for spec, value in zip(specs, values):
-        assert isinstance(spec, jax.sharding.PartitionSpec) and len(spec) == value.ndim, (spec, value.shape)
 
 
 def test_concat_tokens_masks():
@@ -71,8 +62,7 @@ def test_fusion(name):
         assert_all_leaves_named(variables)
         assert isinstance(out, Fused)
         assert out.tokens.shape == (2, 5, 16) and out.pooled.shape == (2, 16), case
-        for path, grad in jax.tree_util.tree_leaves_with_path(nn.meta.unbox(grads)):
-            assert np.isfinite(grad).all() and np.abs(grad).max() > 0, (case, jax.tree_util.keystr(path))
+        assert_gradients_finite_and_nonzero(grads)
         np.testing.assert_allclose(mapped.tokens[0], out.tokens, atol=1e-5, err_msg=case)
         np.testing.assert_allclose(mapped.pooled[0], out.pooled, atol=1e-5, err_msg=case)
         # padded video and text tokens are invisible at every real position and in the pooled vector

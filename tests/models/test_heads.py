@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from checks import assert_all_leaves_named, assert_gradients_finite_and_nonzero
 from vlm_jax.models import heads
 from vlm_jax.models.layers import Encoded
 
@@ -21,20 +22,6 @@ TOKENS = jax.random.randint(_keys[7], (2, 7), 0, 50)
 DECODER = dict(vocab_size=50, width=16, depth=2, num_heads=2, mlp_dim=32)
 
 
-def assert_all_leaves_named(variables):
-    is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)
-    specs = jax.tree.leaves(nn.get_partition_spec(variables), is_leaf=is_spec)
-    values = jax.tree.leaves(nn.meta.unbox(variables))
-    assert len(specs) == len(values)
-    for spec, value in zip(specs, values):
-        assert isinstance(spec, jax.sharding.PartitionSpec) and len(spec) == value.ndim, (spec, value.shape)
-
-
-def assert_grads_nonzero(grads):
-    for path, grad in jax.tree_util.tree_leaves_with_path(nn.meta.unbox(grads)):
-        assert np.isfinite(grad).all() and np.abs(grad).max() > 0, jax.tree_util.keystr(path)
-
-
 def init_and_grad(model, *args):
     """Variables and the gradient of a random projection of the (first) output, in one jit."""
     @jax.jit
@@ -45,7 +32,7 @@ def init_and_grad(model, *args):
         return variables, jax.grad(loss)(variables)
     variables, grads = run()
     assert_all_leaves_named(variables)
-    assert_grads_nonzero(grads)
+    assert_gradients_finite_and_nonzero(grads)
     return variables
 
 

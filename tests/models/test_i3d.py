@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from checks import assert_all_leaves_named, assert_gradients_finite_and_nonzero
 from vlm_jax.models.video.i3d import I3D, SIZES
 
 VIDEO = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 8, 32, 32, 3)), jnp.float32)
@@ -58,17 +59,12 @@ def test_vmap_encodes_each_example_alone_in_eval(tiny):
 
 
 def test_every_parameter_gets_a_finite_nonzero_gradient(trained):
-    for path, grad in jax.tree_util.tree_leaves_with_path(trained.grads):
-        assert np.isfinite(grad).all() and np.abs(grad).max() > 0, jax.tree_util.keystr(path)
+    assert_gradients_finite_and_nonzero(trained.grads)
 
 
 def test_every_variable_has_logical_axes(tiny):
     assert set(tiny.with_head) == {"params", "batch_stats"}
-    specs = jax.tree_util.tree_leaves_with_path(nn.get_partition_spec(tiny.with_head))
-    arrays = jax.tree_util.tree_leaves_with_path(nn.meta.unbox(tiny.with_head))
-    assert [p for p, _ in specs] == [p for p, _ in arrays]
-    for (path, spec), (_, array) in zip(specs, arrays):
-        assert len(spec) == array.ndim, jax.tree_util.keystr(path)
+    assert_all_leaves_named(tiny.with_head)
 
 
 def test_batch_statistics_only_in_train_mode(tiny, trained):

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from checks import assert_all_leaves_named, assert_gradients_finite_and_nonzero
 from vlm_jax.models import layers
 
 X = jax.random.normal(jax.random.key(0), (2, 10, 32))
@@ -18,14 +19,6 @@ def _stack(**kw):
     return layers.Transformer(num_layers=2, num_heads=4, mlp_dim=64, **kw)
 
 
-def assert_all_leaves_named(variables):
-    """Every parameter is a LogicallyPartitioned box with one name per dimension."""
-    boxed = jax.tree.leaves(variables, is_leaf=lambda x: isinstance(x, nn.Partitioned))
-    assert boxed
-    for leaf in boxed:
-        assert isinstance(leaf, nn.LogicallyPartitioned) and len(leaf.names) == leaf.value.ndim, leaf
-
-
 @pytest.mark.parametrize("scan", [False, True])
 @pytest.mark.parametrize("remat", ["none", "dots"])
 def test_transformer_shapes_grad_and_axes(scan, remat):
@@ -35,8 +28,7 @@ def test_transformer_shapes_grad_and_axes(scan, remat):
     out = jax.jit(lambda v: model.apply(v, X, MASK, CONTEXT, CONTEXT_MASK))(variables)
     assert out.shape == X.shape
     grads = jax.grad(lambda v: model.apply(v, X, MASK, CONTEXT, CONTEXT_MASK).sum())(variables)
-    for leaf in jax.tree.leaves(nn.meta.unbox(grads)):
-        assert np.isfinite(leaf).all() and np.abs(leaf).max() > 0
+    assert_gradients_finite_and_nonzero(grads)
 
 
 def test_scan_equals_unrolled_with_the_same_weights():

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from checks import assert_all_leaves_named, assert_gradients_finite_and_nonzero
 from vlm_jax.models.video import single_frame, vivit
 from vlm_jax.models.video.single_frame import SingleFrame
 from vlm_jax.models.video.vivit import ViViT
@@ -51,13 +52,10 @@ def forward(model: nn.Module):
 
 
 def assert_logically_partitioned(variables) -> None:
-    leaves = jax.tree.leaves(variables["params"], is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
-    for leaf in leaves:
-        assert isinstance(leaf, nn.LogicallyPartitioned), f"unannotated parameter of shape {leaf.shape}"
-        assert len(leaf.names) == leaf.value.ndim and all(isinstance(n, str) for n in leaf.names), leaf.names
-    specs = jax.tree.leaves(nn.get_partition_spec(variables["params"]),
-                            is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
-    assert len(specs) == len(leaves)
+    """Every leaf named (checks.py), and here every dimension by an axis name: no None (replicated) axes."""
+    assert_all_leaves_named(variables)
+    for leaf in jax.tree.leaves(variables, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)):
+        assert all(isinstance(n, str) for n in leaf.names), leaf.names
 
 
 def assert_gradients_flow(model: nn.Module, variables, expected_tokens: int) -> None:
@@ -74,9 +72,7 @@ def assert_gradients_flow(model: nn.Module, variables, expected_tokens: int) -> 
     assert out.tokens.shape == (VIDEO_SHAPE[0], expected_tokens, model.width)
     assert out.pooled.shape == (VIDEO_SHAPE[0], model.width)
     assert out.mask is None
-    for path, grad in jax.tree_util.tree_leaves_with_path(grads):
-        assert np.all(np.isfinite(grad)), path
-        assert np.abs(grad).max() > 0, f"no gradient reaches {jax.tree_util.keystr(path)}"
+    assert_gradients_finite_and_nonzero(grads)
 
 
 @pytest.mark.parametrize("variant,pool", VARIANTS_POOLS)

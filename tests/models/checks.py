@@ -1,0 +1,42 @@
+"""Assertions shared by the model tests: logical axis names on every variable, gradients reaching every
+parameter. Test files import it as `from checks import ...` (pytest puts a test file's folder on sys.path)."""
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+
+def _path(key_path) -> str:
+    """A key path as "a/b/c" (dict keys, attribute names and sequence indices)."""
+    parts = []
+    for key in key_path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+        else:
+            parts.append(str(key))
+    return "/".join(parts)
+
+
+def assert_all_leaves_named(variables) -> None:
+    """Every leaf of `variables`, in every collection (params, batch_stats, ...), is an
+    `nn.LogicallyPartitioned` box with one logical axis name per dimension; a raw array fails."""
+    leaves = jax.tree_util.tree_leaves_with_path(variables, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+    assert leaves, "no variables"
+    for key_path, leaf in leaves:
+        path = _path(key_path)
+        assert isinstance(leaf, nn.LogicallyPartitioned), f"{path}: not logically partitioned ({type(leaf).__name__})"
+        assert len(leaf.names) == np.ndim(leaf.value), f"{path}: names {leaf.names} for shape {leaf.value.shape}"
+
+
+def assert_gradients_finite_and_nonzero(grads, allow_zero=()) -> None:
+    """Every gradient leaf (boxed or not) is finite and not all zero, except that a leaf whose "/"-joined
+    path contains one of the `allow_zero` substrings may be all zero (it must still be finite)."""
+    leaves = jax.tree_util.tree_leaves_with_path(nn.meta.unbox(grads))
+    assert leaves, "no gradients"
+    for key_path, grad in leaves:
+        path = _path(key_path)
+        grad = np.asarray(grad)
+        assert np.isfinite(grad).all(), f"non-finite gradient at {path}"
+        assert np.any(grad != 0) or any(part in path for part in allow_zero), f"no gradient reaches {path}"
