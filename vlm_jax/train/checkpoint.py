@@ -1,0 +1,288 @@
+"""Checkpoints under `workdir/checkpoints/<step>/` (orbax), atomic, async, resumable bit-exactly.
+
+One step directory holds three items:
+- `state/`: the train-state pytree (params, opt_state, step, rng keys, batch_stats, ...) through
+  `ocp.args.StandardSave`; restored onto any mesh through an abstract target (`abstract_of`);
+- `data/process_<i>-of-<n>.json`: each process's grain iterator state (`iterator.get_state()`; a dict
+  is stored as JSON, bytes as base64), written by every process, since each reads its own shard;
+- `meta/metadata`: JSON with the step, the config hash, the metrics and the save time.
+
+Atomicity: orbax writes `<step>.orbax-checkpoint-tmp`, then renames it to `<step>` once every item is
+written (and writes `commit_success.txt` inside). A save killed half-way leaves only the tmp directory,
+which `all_steps()` / `latest_step()` never report, and which is deleted when the next Checkpointer
+opens the directory (`cleanup_tmp_directories=True`).
+
+Retention: the last `max_to_keep` steps, plus the `keep_best` best by `best_metric` (`best_mode` "min"
+or "max"), through orbax's `preservation_policy = AnyPreservationPolicy([LatestN, BestN])`. The legacy
+options (`max_to_keep` with `best_fn`) cannot express this: with a `best_fn` they keep only the best
+`max_to_keep` and drop the latest step when its metric is poor, which breaks resuming. Steps saved
+without metrics (preemption saves between evals) are kept by the LatestN rule alone, unless
+`keep_checkpoints_without_metrics=True`, which keeps them forever. A step missing the metric key ranks
+worst. `best_fn` / `best_mode` are still passed to the manager, so that it stores metrics and
+`best_step()` works.
+
+Saves are asynchronous: `save` returns once device arrays are copied to host memory (the caller may
+then donate or overwrite its buffers); the write happens in the background. `wait()` blocks until it is
+committed, and a new `save` waits for the previous one first.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from etils import epath
+from orbax.checkpoint import checkpoint_managers
+
+log = logging.getLogger(__name__)
+
+STATE, DATA, META = "state", "data", "meta"
+_BYTES = "__bytes_base64__"
+
+
+# --- per-process data-iterator state ------------------------------------------------------------------
+
+def _data_filename() -> str:
+    return f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+
+
+def _encode_data_state(state: Any) -> str:
+    if isinstance(state, (bytes, bytearray)):
+        state = {_BYTES: base64.b64encode(bytes(state)).decode("ascii")}
+    return json.dumps(state, sort_keys=True)
+
+
+def _decode_data_state(text: str) -> Any:
+    state = json.loads(text)
+    if isinstance(state, dict) and set(state) == {_BYTES}:
+        return base64.b64decode(state[_BYTES])
+    return state
+
+
+class DataStateHandler(ocp.CheckpointHandler):
+    """Writes this process's data-iterator state to `process_<i>-of-<n>.json` (like grain's own handler,
+    but it takes the state, not the iterator, so the state is captured at `save` time)."""
+
+    def save(self, directory: epath.Path, args: "DataStateSave"):
+        (directory / _data_filename()).write_text(_encode_data_state(args.item))
+
+    def restore(self, directory: epath.Path, args: "DataStateRestore | None" = None) -> Any:
+        path = directory / _data_filename()
+        if not path.exists():
+            others = sorted(p.name for p in directory.iterdir())
+            log.warning("no data-iterator state for this process at %s (found %s): the process count changed "
+                        "since the save; the data pipeline restarts", path, others)
+            return None
+        return _decode_data_state(path.read_text())
+
+    def metadata(self, directory: epath.Path) -> Any:
+        return None
+
+    def structure(self, directory: epath.Path) -> Any:
+        return None
+
+    def finalize(self, directory: epath.Path) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_save=True)
+@dataclasses.dataclass
+class DataStateSave(ocp.args.CheckpointArgs):
+    item: Any
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_restore=True)
+@dataclasses.dataclass
+class DataStateRestore(ocp.args.CheckpointArgs):
+    pass
+
+
+# --- helpers ------------------------------------------------------------------------------------------
+
+def config_hash(config: Any) -> str:
+    """A short, stable hash of a config (ConfigDict or mapping): sha256 of its sorted JSON."""
+    if isinstance(config, ml_collections.ConfigDict):
+        config = config.to_dict()
+    text = json.dumps(config, sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def abstract_of(tree: Any, shardings: Any = None) -> Any:
+    """The restore target for a tree like `tree`: arrays become `jax.ShapeDtypeStruct`s carrying
+    `shardings` (a matching tree of `jax.sharding.Sharding`, or one Sharding for every array), or each
+    array's own sharding when `shardings` is None. Non-array leaves (Python ints, ...) stay as they are;
+    optax/flax node types are kept, so the restored tree has the same types as `tree`."""
+    is_array = lambda x: isinstance(x, (jax.Array, jax.ShapeDtypeStruct))
+
+    def one(x, sharding):
+        if not is_array(x):
+            return x
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding if sharding is not None else x.sharding)
+
+    if shardings is None or isinstance(shardings, jax.sharding.Sharding):
+        return jax.tree.map(lambda x: one(x, shardings), tree)
+    return jax.tree.map(one, tree, shardings)
+
+
+def default_checkpoint_config() -> ml_collections.ConfigDict:
+    """A `checkpoint` config block for `Checkpointer.from_config` (best_metric "" = none)."""
+    return ml_collections.ConfigDict({
+        "max_to_keep": 3,
+        "best_metric": "",
+        "best_mode": "max",
+        "keep_best": 1,
+        "keep_checkpoints_without_metrics": False,
+        "async_save": True,
+    })
+
+
+# --- the checkpointer ---------------------------------------------------------------------------------
+
+class Checkpointer:
+    """Save and restore (train state, data-iterator state) under `workdir/checkpoints`.
+
+    >>> ckpt = Checkpointer(workdir, max_to_keep=3, best_metric="val/retrieval/t2v_R@1", best_mode="max")
+    >>> ckpt.save(step, state, train_iter.get_state(), metrics={"val/retrieval/t2v_R@1": 41.0})
+    >>> state, data_state = ckpt.restore(abstract_state=abstract_of(state_shapes, shardings))
+    >>> train_iter.set_state(data_state); ckpt.close()
+    """
+
+    def __init__(self, workdir: str | os.PathLike, *, max_to_keep: int | None = 3, best_metric: str | None = None,
+                 best_mode: str = "max", keep_best: int = 1, keep_checkpoints_without_metrics: bool = False,
+                 async_save: bool = True, config: Any = None):
+        if best_mode not in ("min", "max"):
+            raise ValueError(f"best_mode must be 'min' or 'max' (got {best_mode!r})")
+        if max_to_keep is not None and max_to_keep < 1:
+            raise ValueError(f"max_to_keep must be >= 1 or None (got {max_to_keep})")
+        self.directory = Path(workdir).absolute() / "checkpoints"
+        self.best_metric = best_metric or None
+        self.best_mode = best_mode
+        self.config_hash = config_hash(config) if config is not None else None
+
+        policies = [checkpoint_managers.LatestN(n=max_to_keep)]
+        best_fn = None
+        if self.best_metric:
+            worst = float("inf") if best_mode == "min" else float("-inf")
+            metric = self.best_metric
+            best_fn = lambda metrics: float(metrics.get(metric, worst)) if metrics else worst
+            policies.append(checkpoint_managers.BestN(
+                get_metric_fn=best_fn, reverse=(best_mode == "min"), n=keep_best,
+                keep_checkpoints_without_metrics=keep_checkpoints_without_metrics))
+        options = ocp.CheckpointManagerOptions(
+            create=True,
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,
+            preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+            best_fn=best_fn,
+            best_mode=best_mode,
+            keep_checkpoints_without_metrics=keep_checkpoints_without_metrics,
+        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    @classmethod
+    def from_config(cls, workdir: str | os.PathLike, checkpoint_config: Any, config: Any = None) -> "Checkpointer":
+        c = checkpoint_config
+        return cls(workdir, max_to_keep=c["max_to_keep"], best_metric=c["best_metric"] or None,
+                   best_mode=c["best_mode"], keep_best=c["keep_best"],
+                   keep_checkpoints_without_metrics=c["keep_checkpoints_without_metrics"],
+                   async_save=c["async_save"], config=config)
+
+    # saving
+
+    def save(self, step: int, state: Any, data_state: Any = None, metrics: Mapping[str, float] | None = None,
+             *, force: bool = True) -> bool:
+        """Start saving `state` and `data_state` as `step` (asynchronous; see `wait`). `metrics` (a flat map
+        of name -> number) ranks the step for best-checkpoint retention. Returns whether a save started
+        (False when `step` is already saved)."""
+        step = int(step)
+        if step in self.all_steps():
+            log.info("checkpoint step %d exists; not saving it again", step)
+            return False
+        metrics = {k: float(v) for k, v in metrics.items()} if metrics else None
+        meta = {"step": step, "config_hash": self.config_hash, "metrics": metrics, "time": time.time(),
+                "process_count": jax.process_count(), "has_data_state": data_state is not None}
+        items = {STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}
+        if data_state is not None:
+            items[DATA] = DataStateSave(data_state)
+        return self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
+
+    def wait(self) -> None:
+        """Block until every started save is committed (and old steps are deleted)."""
+        self._manager.wait_until_finished()
+
+    # querying
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def best_step(self) -> int | None:
+        """The best step by `best_metric` (the latest when no metric is tracked)."""
+        return self._manager.best_step()
+
+    def reload(self) -> None:
+        """Re-read the directory (after another process or run wrote to it)."""
+        self._manager.reload()
+
+    def metadata(self, step: int | None = None) -> dict:
+        """The `meta` JSON of `step` (the latest by default)."""
+        step = self._resolve(step)
+        return self._manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
+
+    # restoring
+
+    def restore(self, step: int | None = None, abstract_state: Any = None) -> tuple[Any, Any]:
+        """(state, data_state) of `step` (the latest by default). `abstract_state` is the target: a tree of
+        `jax.ShapeDtypeStruct(shape, dtype, sharding=...)` (see `abstract_of`), so arrays land on its
+        shardings, which may be a different mesh from the one saved; its node types (optax states, flax
+        dataclasses) are the ones returned. With None, arrays come back with the saved shardings, which
+        needs the same devices. `data_state` is None when none was saved for this process."""
+        step = self._resolve(step)
+        self.wait()
+        step_dir = self.directory / str(step)
+        items = {STATE: ocp.args.StandardRestore(abstract_state), META: ocp.args.JsonRestore()}
+        has_data = (step_dir / DATA).is_dir()
+        if has_data:
+            items[DATA] = DataStateRestore()
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        meta = restored[META]
+        if self.config_hash and meta.get("config_hash") and meta["config_hash"] != self.config_hash:
+            log.warning("restoring step %d saved with config hash %s; the current config's is %s",
+                        step, meta["config_hash"], self.config_hash)
+        return restored[STATE], (restored[DATA] if has_data else None)
+
+    def _resolve(self, step: int | None) -> int:
+        if step is None:
+            step = self.latest_step()
+            if step is None:
+                raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        elif int(step) not in self.all_steps():
+            raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}; "
+                                    f"steps: {self.all_steps()}")
+        return int(step)
+
+    def close(self) -> None:
+        """Wait for pending saves and release the manager's threads."""
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
