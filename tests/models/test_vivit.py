@@ -51,13 +51,6 @@ def forward(model: nn.Module):
     return jax.jit(model.apply)
 
 
-def assert_logically_partitioned(variables) -> None:
-    """Every leaf named (checks.py), and here every dimension by an axis name: no None (replicated) axes."""
-    assert_all_leaves_named(variables)
-    for leaf in jax.tree.leaves(variables, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)):
-        assert all(isinstance(n, str) for n in leaf.names), leaf.names
-
-
 def assert_gradients_flow(model: nn.Module, variables, expected_tokens: int) -> None:
     """One jitted forward + backward: output shapes, then a finite, non-zero gradient for every leaf."""
     params = nn.meta.unbox(variables)["params"]
@@ -79,13 +72,13 @@ def assert_gradients_flow(model: nn.Module, variables, expected_tokens: int) -> 
 def test_forward_gradients_and_logical_axes(variant, pool):
     model = tiny(variant, pool)
     variables = init(model)
-    assert_logically_partitioned(variables)
+    assert_all_leaves_named(variables)
     assert_gradients_flow(model, variables, GRID[0] if variant == "factorised_encoder" else NUM_TUBELETS)
 
 
 def test_real_init_matches_hugging_face_layout():
     variables = jax.jit(tiny().init)(jax.random.key(1), video())
-    assert_logically_partitioned(variables)
+    assert_all_leaves_named(variables)
     params = nn.meta.unbox(variables)["params"]
     assert params["position_embedding"].shape == (1 + NUM_TUBELETS, 64)
     assert params["cls_token"].shape == (64,)
@@ -195,7 +188,7 @@ def test_scan_and_remat_match_the_loop(variant):
     params = nn.meta.unbox(init(loop))["params"]
     scanned = tiny(variant, scan=True, remat="full")
     scanned_variables = jax.eval_shape(scanned.init, jax.random.key(1), video())
-    assert_logically_partitioned(scanned_variables)
+    assert_all_leaves_named(scanned_variables)
     stacked = stack_layers(params)
     assert jax.tree.map(jnp.shape, stacked) == jax.tree.map(jnp.shape, nn.meta.unbox(scanned_variables)["params"])
     np.testing.assert_allclose(forward(scanned)({"params": stacked}, video()).pooled,
@@ -243,7 +236,7 @@ def test_sizes_build_for_64px_16_frames(name):
 def test_single_frame_sees_only_the_middle_frame():
     model = SingleFrame(**single_frame.SIZES["tiny"])
     variables = init(model)
-    assert_logically_partitioned(variables)
+    assert_all_leaves_named(variables)
     assert_gradients_flow(model, variables, (32 // 8) ** 2)
     clip = video()
     others = video(9).at[:, VIDEO_SHAPE[1] // 2].set(clip[:, VIDEO_SHAPE[1] // 2])

@@ -4,7 +4,7 @@ Every parameter carries logical axis names (`nn.with_logical_partitioning`), whi
 table maps onto the device mesh; activations are constrained with logical names where sharding
 matters. `dtype` is the compute dtype and `param_dtype` the storage dtype everywhere.
 
-Logical axes used: embed, mlp, heads, vocab, length, layers, conv_in, conv_out, conv_space, audio_mel;
+Logical axes used: embed, mlp, heads, vocab, length, layers, conv_in, conv_out, audio_mel;
 activations: activation_batch, activation_length, activation_embed.
 """
 

@@ -82,7 +82,7 @@ class TubeletEmbedding(nn.Module):
     def __call__(self, video: jax.Array) -> jax.Array:
         channels = video.shape[-1]
         kernel = self.param("kernel", layers.logical(nn.initializers.lecun_normal(), (
-            "conv_space", "conv_space", "conv_space", "conv_in", "embed")),
+            None, None, None, "conv_in", "embed")),
             (*self.tubelet, channels, self.width), self.param_dtype)
         bias = self.param("bias", layers.logical(nn.initializers.zeros_init(), ("embed",)), (self.width,),
                           self.param_dtype)
