@@ -7,16 +7,7 @@ import numpy as np
 
 
 def _path(key_path) -> str:
-    """A key path as "a/b/c" (dict keys, attribute names and sequence indices)."""
-    parts = []
-    for key in key_path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(key, attr):
-                parts.append(str(getattr(key, attr)))
-                break
-        else:
-            parts.append(str(key))
-    return "/".join(parts)
+    return jax.tree_util.keystr(key_path, simple=True, separator="/")
 
 
 def assert_all_leaves_named(variables) -> None:

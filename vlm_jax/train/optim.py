@@ -76,18 +76,9 @@ def schedule(config_optim: Any, multiplier: float = 1.0) -> optax.Schedule:
 
 
 def path_str(path: Sequence[Any]) -> str:
-    """A jax key path as "a/b/c" (dict keys, attribute names and sequence indices)."""
-    parts = []
-    for key in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(key, attr):
-                parts.append(str(getattr(key, attr)))
-                break
-        else:
-            parts.append(str(key))
-    if parts and parts[0] == "params" and len(parts) > 1:
-        parts = parts[1:]
-    return "/".join(parts)
+    """A jax key path as "a/b/c", without a leading "params" collection name."""
+    text = jax.tree_util.keystr(tuple(path), simple=True, separator="/")
+    return text.removeprefix("params/") if text != "params" else text
 
 
 def _matches(path: str, prefix: str) -> bool:
