@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from checks import assert_all_leaves_named, assert_gradients_finite_and_nonzero
+from checks import (assert_all_leaves_named, assert_encoder_gradients_reach_every_parameter,
+                    assert_vmap_over_clip_groups)
 from vlm_jax.models.video.cnn_rnn import CNNRNN, SIZES
 
 VIDEO = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 8, 32, 32, 3)), jnp.float32)
@@ -45,21 +46,12 @@ def test_pooled_is_the_final_state(model_and_variables):
 
 def test_vmap_over_clip_groups(model_and_variables):
     model, variables, out = model_and_variables
-    groups = VIDEO.reshape(2, 1, *VIDEO.shape[1:])
-    mapped = jax.jit(jax.vmap(model.apply, in_axes=(None, 0)))(variables, groups)
-    assert mapped.pooled.shape == (2, 1, 64)
-    np.testing.assert_allclose(mapped.pooled[:, 0], out.pooled, rtol=1e-5, atol=1e-5)
+    assert_vmap_over_clip_groups(model, variables, VIDEO, out.pooled)
 
 
 def test_every_parameter_gets_a_finite_nonzero_gradient(model_and_variables):
     model, variables, _ = model_and_variables
-    weights = np.random.default_rng(2).normal(size=(2, 8, 64)).astype(np.float32)
-
-    def loss(params):
-        out = model.apply({"params": params}, VIDEO, train=True)
-        return jnp.sum(out.tokens * weights) + jnp.sum(out.pooled ** 2)
-
-    assert_gradients_finite_and_nonzero(jax.jit(jax.grad(loss))(variables["params"]))
+    assert_encoder_gradients_reach_every_parameter(model, variables, VIDEO)
 
 
 def test_every_parameter_has_logical_axes(model_and_variables):
