@@ -27,6 +27,7 @@ setup(
         "pillow==13.0.0",
         "matplotlib==3.11.2",
         "tqdm==4.70.1",
+        "tensorboardX==2.6.5",
         "absl-py==2.5.1",
         "importlib-resources==7.1.0",  # tensorflow_datasets needs it without TensorFlow
     ],

@@ -1,17 +1,20 @@
 """Pretraining on moving_shapes. Presets: tiny (tests, seconds), small (the research table), base.
 
 Use as `--config configs/pretrain.py:tiny`; override any key with `--config.KEY=VALUE`.
+The finetuning configs (`finetune_*.py`) start from this one and change the task, losses and optimizer.
 """
 
 import ml_collections
 
+from vlm_jax import parallel
 from vlm_jax.models import vlm
+from vlm_jax.train import checkpoint, optim
 
 PRESETS = {
-    # name: (data size, frames, image size, batch size, steps)
-    "tiny": ("tiny", 16, 64, 16, 200),
-    "small": ("small", 16, 64, 32, 3000),
-    "base": ("default", 16, 64, 64, 20000),
+    # name: (data size, frames, image size, batch size, steps, learning rate)
+    "tiny": ("tiny", 16, 64, 16, 200, 1e-3),
+    "small": ("small", 16, 64, 32, 3000, 5e-4),
+    "base": ("default", 16, 64, 64, 20000, 3e-4),
 }
 
 
@@ -19,7 +22,7 @@ def get_config(arg=None):
     preset = arg or "tiny"
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    size, frames, image_size, batch_size, steps = PRESETS[preset]
+    size, frames, image_size, batch_size, steps, learning_rate = PRESETS[preset]
 
     config = ml_collections.ConfigDict()
     config.preset = preset
@@ -42,14 +45,38 @@ def get_config(arg=None):
     config.data.prefetch = 2
 
     config.train = ml_collections.ConfigDict()
+    config.train.task = "pretrain"  # pretrain, retrieval, caption or qa
     config.train.batch_size = batch_size  # global, across all processes
-    config.train.num_steps = steps
+    config.train.num_steps = steps  # micro-steps (optim.grad_accum_steps of them make one update)
+    config.train.log_every = 10
+    config.train.eval_every = steps // 2  # validation losses (and a checkpoint ranked by them); 0: never
+    config.train.mlm_ratio = 0.15
+    config.train.caption_label_smoothing = 0.1
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.splits = ("test", "test_novel")  # evaluated at the end into results.json
+    config.eval.max_batches = 0  # per evaluation and split; 0: the whole split
+
+    config.optim = optim.default_optim_config()
+    config.optim.learning_rate = learning_rate
+    config.optim.warmup_steps = max(1, steps // 20)
+    config.optim.total_steps = -1  # -1: train.num_steps // grad_accum_steps
+
+    config.checkpoint = checkpoint.default_checkpoint_config()
+    config.checkpoint.every_steps = max(1, steps // 4)
+    config.checkpoint.best_metric = "validation/pretrain/loss"
+    config.checkpoint.best_mode = "min"
+
+    # Finetuning starts from another run's parameters: all of them, or the top-level modules listed.
+    config.init_from = ml_collections.ConfigDict({"workdir": "", "step": -1, "include": []})
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.shape = (-1, 1, 1)
     config.mesh.axes = ("data", "fsdp", "tensor")
+    config.mesh.rules = parallel.DEFAULT_RULES  # logical axis -> mesh axes (MaxText-style); see vlm_jax/parallel.py
 
     # One block per family (model.video.vivit, model.video.cnn2d, ...); the names pick the parts.
+    # model.dtype = "bfloat16" computes in bf16 with float32 parameters and optimizer state.
     config.model = vlm.model_config(preset)
 
     config.losses = ml_collections.ConfigDict({"contrastive": 1.0, "vtm": 1.0, "mlm": 1.0, "mvm": 0.5})

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 import time
 
@@ -74,6 +76,48 @@ def _models_summary(args) -> None:
     print(summary.format_table(summary.summarize(config, pipeline.num_answers(config))))
 
 
+def _init_distributed(args) -> None:
+    """`jax.distributed.initialize` from the flags (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
+    JAX_PROCESS_ID), before anything else touches JAX; CPU collectives go through gloo."""
+    if not args.coordinator:
+        if args.num_processes not in (None, 1) or args.process_id not in (None, 0):
+            raise UserError("--num_processes/--process_id need --coordinator HOST:PORT (or JAX_COORDINATOR_ADDRESS)")
+        return
+    if args.num_processes is None or args.process_id is None:
+        raise UserError("--coordinator needs --num_processes and --process_id (or JAX_NUM_PROCESSES, JAX_PROCESS_ID)")
+    if not 0 <= args.process_id < args.num_processes:
+        raise UserError(f"--process_id {args.process_id} must be in [0, {args.num_processes})")
+    import jax
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(args.coordinator, num_processes=args.num_processes, process_id=args.process_id,
+                               initialization_timeout=args.init_timeout)
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def _train(args) -> None:
+    from vlm_jax import config as config_lib
+    config = config_lib.load(args.config, args.overrides)  # bad configs fail before any device is touched
+    _init_distributed(args)
+    from vlm_jax.eval import evaluators
+    from vlm_jax.train import loop
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("vlm_jax").setLevel(logging.INFO)
+    results = loop.train(config, args.workdir, evaluators=evaluators.evaluators_for(config))
+    import jax
+    if jax.process_index() == 0:
+        print(evaluators.metrics_table(results))
+        print(f"wrote {args.workdir}/results.json, metrics.jsonl, config.json, checkpoints/, tensorboard/")
+
+
 def _bench(args) -> None:
     from vlm_jax import bench
     bench.run(quick=args.quick, out_dir=args.out, data_dir=args.data_dir)
@@ -100,6 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     summary = models_commands.add_parser("summary", help="parameters per module and forward FLOPs per clip")
     _config_args(summary)
     summary.set_defaults(func=_models_summary)
+
+    train = commands.add_parser("train", help="pretrain or finetune (resumes from WORKDIR's latest checkpoint)")
+    _config_args(train)
+    train.add_argument("--workdir", required=True, help="run directory: config.json, metrics, checkpoints, results")
+    train.add_argument("--coordinator", default=os.environ.get("JAX_COORDINATOR_ADDRESS"),
+                       help="multi-host: HOST:PORT of process 0 (jax.distributed)")
+    train.add_argument("--num_processes", type=int, default=_env_int("JAX_NUM_PROCESSES"))
+    train.add_argument("--process_id", type=int, default=_env_int("JAX_PROCESS_ID"))
+    train.add_argument("--init_timeout", type=int, default=300, help="seconds to wait for the other processes")
+    train.set_defaults(func=_train)
 
     bench = commands.add_parser("bench", help="measure throughput side by side")
     bench.add_argument("--quick", action="store_true", help="seconds, for CI")

@@ -25,11 +25,7 @@ _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 def load(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
     """The config named by `FILE[:preset]`, with overrides applied, validated."""
     path, _, arg = spec.partition(":")
-    if not Path(path).is_file():
-        raise UserError(f"config file not found: {path}")
-    module_spec = importlib.util.spec_from_file_location(f"vlm_config_{Path(path).stem}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    module = load_file(path)
     if not hasattr(module, "get_config"):
         raise UserError(f"config file {path} has no get_config(arg) function")
     try:
@@ -40,6 +36,16 @@ def load(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
         apply_override(config, override)
     validate(config)
     return config
+
+
+def load_file(path: str | os.PathLike) -> Any:
+    """A config file as a module (finetuning configs use it to start from `pretrain.py`)."""
+    if not Path(path).is_file():
+        raise UserError(f"config file not found: {path}")
+    module_spec = importlib.util.spec_from_file_location(f"vlm_config_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
 
 
 def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:

@@ -182,7 +182,7 @@ def logical_shardings(abstract_variables: Any, mesh: Mesh, rules: Rules = DEFAUL
     return jax.tree.map(sharding, abstract_variables, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
 
 
-def _unbox_without_constraints(tree: Any) -> Any:
+def unbox_without_constraints(tree: Any) -> Any:
     """Strip the boxes without flax's per-box sharding constraint (out_shardings place the result)."""
     def unbox(box):
         return box.unbox(apply_constraint=False) if isinstance(box, nn.meta.Partitioned) else box.unbox()
@@ -208,7 +208,7 @@ def sharded_init(init_fn: Callable[..., Any], mesh: Mesh, rules: Rules, *args: A
     with jax.set_mesh(mesh), nn.logical_axis_rules(()):
         abstract = jax.eval_shape(init_fn, *args)
         shardings = logical_shardings(abstract, mesh, rules)
-        variables = jax.jit(lambda *a: _unbox_without_constraints(init_fn(*a)), out_shardings=shardings)(*args)
+        variables = jax.jit(lambda *a: unbox_without_constraints(init_fn(*a)), out_shardings=shardings)(*args)
     return variables, shardings
 
 

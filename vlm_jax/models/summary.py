@@ -16,13 +16,15 @@ from vlm_jax.models import vlm
 AUDIO_SAMPLES_PER_FRAME = 2000  # moving_shapes: 16 kHz at 8 frames per second
 
 
-def example_inputs(config) -> dict:
-    """One clip, one caption and one question at the shapes the config's data pipeline produces."""
+def example_inputs(config, audio_samples: int | None = None) -> dict:
+    """One clip, one caption and one question at the shapes the config's data pipeline produces
+    (`audio_samples`: the data's waveform length; by default moving_shapes' for `data.build_frames`)."""
     data = config.data
+    audio_samples = audio_samples or data.build_frames * AUDIO_SAMPLES_PER_FRAME
     length = data.max_text_len
     return {
         "video": jnp.zeros((1, data.num_frames, data.image_size, data.image_size, 3), jnp.uint8),
-        "audio_wave": jnp.zeros((1, data.build_frames * AUDIO_SAMPLES_PER_FRAME), jnp.float32),
+        "audio_wave": jnp.zeros((1, audio_samples), jnp.float32),
         "caption": jnp.ones((1, length), jnp.int32), "caption_mask": jnp.ones((1, length), jnp.int32),
         "question": jnp.ones((1, length), jnp.int32), "question_mask": jnp.ones((1, length), jnp.int32),
     }

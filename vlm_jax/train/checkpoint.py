@@ -146,6 +146,7 @@ def default_checkpoint_config() -> ml_collections.ConfigDict:
         "keep_best": 1,
         "keep_checkpoints_without_metrics": False,
         "async_save": True,
+        "every_steps": 500,  # 0: only at the end (and at evaluations, preemption)
     })
 
 
@@ -265,6 +266,18 @@ class Checkpointer:
             log.warning("restoring step %d saved with config hash %s; the current config's is %s",
                         step, meta["config_hash"], self.config_hash)
         return restored[STATE], (restored[DATA] if has_data else None)
+
+    def restore_params(self, step: int | None, abstract_params: Mapping[str, Any]) -> dict[str, Any]:
+        """Only the parameter modules in `abstract_params` ({top-level module: abstract tree}, see
+        `abstract_of`) of `step` (the latest by default): how finetuning starts from part of a pretraining
+        run, whose optimizer state and other modules may not fit the new model."""
+        step = self._resolve(step)
+        self.wait()
+        target = {"params": dict(abstract_params)}
+        restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), target)
+        args = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
+        with ocp.PyTreeCheckpointer() as reader:
+            return reader.restore(self.directory / str(step) / STATE, args=args)["params"]
 
     def _resolve(self, step: int | None) -> int:
         if step is None:

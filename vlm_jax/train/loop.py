@@ -1,0 +1,362 @@
+"""The training loop behind `vlm train`: one loop for pretraining and every finetuning task.
+
+    results = train(config, workdir)            # config from `vlm_jax.config.load`
+
+What a run does, in order:
+1. writes `workdir/config.json` (the resolved config, seed included) and builds the data set if it is
+   missing (process 0 builds; the others wait at a barrier);
+2. builds the mesh (`config.mesh`), the logical-axis rules (`config.mesh.rules`), the model, the optimizer
+   (`config.optim`) and the jitted train/eval steps with in/out shardings and a donated state;
+3. resumes from the latest checkpoint in `workdir/checkpoints` (parameters, optimizer state, step, key
+   and this process's data-iterator position), else starts fresh, optionally from another run's
+   parameters (`config.init_from`, e.g. only the video tower of a pretraining run);
+4. trains for `train.num_steps` micro-steps with a progress bar (steps/s, ETA), logging the mean of every
+   metric over each `train.log_every` steps to `metrics.jsonl` and TensorBoard (`workdir/tensorboard`);
+   every `train.eval_every` steps runs the evaluators on the validation split, and every
+   `checkpoint.every_steps` saves asynchronously;
+5. saves the last step, evaluates on `eval.splits` and writes `results.json` (`<split>/<task>/<metric>`).
+
+A SIGTERM (preemption) makes the loop save at the next step boundary and exit with status 143; the next
+run resumes there. With several processes (`jax.distributed`), every process runs this same loop on its
+own data shard; the step and the checkpoint are collective, and only process 0 writes files other than
+checkpoints.
+
+Evaluators are callables `(state, split) -> {"<task>/<metric>": number}`; the loop always has one for
+the task's losses (`LossEvaluator`), and callers (the CLI) can pass more (retrieval recall@K, QA
+accuracy, ...), since `train` may not import `eval`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import resource
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Protocol
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
+
+from vlm_jax import config as config_lib
+from vlm_jax import parallel
+from vlm_jax.data import builders, pipeline
+from vlm_jax.errors import UserError
+from vlm_jax.train import checkpoint as checkpoint_lib
+from vlm_jax.train import optim, state as state_lib, steps
+from vlm_jax.train.state import TrainState
+
+log = logging.getLogger(__name__)
+
+
+class Evaluator(Protocol):
+    def __call__(self, state: TrainState, split: str) -> dict[str, float]: ...
+
+
+class Run:
+    """Everything a run builds from its config: mesh, model, optimizer, jitted steps, data spec.
+
+    Evaluators get the `Run` so they can reuse its mesh, model and shardings.
+    """
+
+    def __init__(self, config: Any):
+        self.config = config
+        self.settings = steps.Settings.from_config(config)
+        self.mesh = parallel.make_mesh(config.mesh.shape, config.mesh.axes)
+        self.rules = parallel.rules_for(self.mesh, config.mesh.rules)
+        self.batch_sharding = parallel.batch_sharding(self.mesh)
+        self.replicated = NamedSharding(self.mesh, PartitionSpec())
+        if config.train.batch_size % parallel.batch_shards(self.mesh):
+            raise UserError(f"train.batch_size={config.train.batch_size} is not a multiple of the mesh's batch "
+                            f"shards (data x fsdp = {parallel.batch_shards(self.mesh)})")
+        self.spec = pipeline.Spec.from_config(config)
+        dataset = builders.open_dataset(self.spec.dataset_path)
+        self.vocabulary = pipeline.Vocabulary.of(dataset)
+        self.audio_samples = int(dataset.info.features["audio"].shape[0])
+        self.model = state_lib.make_model(config, len(self.vocabulary.answers))
+        optim_config = config.optim.copy_and_resolve_references()
+        untrained = lambda params: sorted(set(params) - steps.trained_modules(self.settings))
+        accumulation = int(optim_config.grad_accum_steps)
+        if int(optim_config.total_steps) <= 0:  # -1: derived from the run length
+            optim_config.total_steps = max(1, config.train.num_steps // accumulation)
+        self.schedule = optim.schedule(optim_config)
+        self.accumulation = accumulation
+        def make_tx(params):
+            frozen = list(optim_config.frozen) + [m for m in untrained(params) if m not in optim_config.frozen]
+            log.info("frozen (given and untouched by the %s losses): %s", self.settings.task, frozen)
+            return optim.make_optimizer({**optim_config.to_dict(), "frozen": frozen}, params)
+
+        self.factory = state_lib.StateFactory(self.model, make_tx, config, self.mesh, self.rules, self.audio_samples)
+        self.tx = self.factory.tx
+        state_shardings = self.factory.shardings
+        batch = self.batch_sharding
+        self.train_step = jax.jit(steps.make_train_step(self.model, self.tx, self.settings),
+                                  in_shardings=(state_shardings, batch), out_shardings=(state_shardings, self.replicated),
+                                  donate_argnums=0)
+        self.eval_step = jax.jit(steps.make_eval_step(self.model, self.settings),
+                                 in_shardings=(state_shardings, batch), out_shardings=self.replicated)
+
+    def mesh_context(self) -> contextlib.ExitStack:
+        """Set the mesh and the logical rules for tracing and running the steps."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(jax.set_mesh(self.mesh))
+        stack.enter_context(nn.logical_axis_rules(self.rules))
+        return stack
+
+    def to_device(self, host_batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+        return parallel.to_global(dict(host_batch), self.mesh)
+
+
+def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
+    fetched = jax.device_get(history)
+    return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+
+
+class LossEvaluator:
+    """The task's losses and metrics on a split (at most `eval.max_batches` batches; all when <= 0),
+    averaged over clips: keys `<task>/<metric>`."""
+
+    def __init__(self, run: Run):
+        self.run = run
+
+    def __call__(self, state: TrainState, split: str) -> dict[str, float]:
+        run = self.run
+        spec = run.spec
+        limit = int(run.config.eval.max_batches)
+        totals: dict[str, float] = {}
+        weight = 0.0
+        for index, batch in enumerate(pipeline.eval_dataset(spec, split)):
+            if 0 < limit <= index:
+                break
+            with run.mesh_context():
+                metrics = jax.device_get(run.eval_step(state, run.to_device(steps.as_train_batch(batch))))
+            w = float(metrics.pop("weight"))
+            weight += w
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + w * float(v)
+        task = run.settings.task
+        return {f"{task}/{k.replace('/', '_')}": v / max(weight, 1.0) for k, v in totals.items()}
+
+
+class _MetricsWriter:
+    """metrics.jsonl + TensorBoard, written by process 0 only."""
+
+    def __init__(self, workdir: Path):
+        self.enabled = jax.process_index() == 0
+        if not self.enabled:
+            return
+        from tensorboardX import SummaryWriter
+        self.jsonl = open(workdir / "metrics.jsonl", "a")
+        self.tensorboard = SummaryWriter(str(workdir / "tensorboard"))
+
+    def write(self, step: int, metrics: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps({"step": int(step), **{k: _number(v) for k, v in metrics.items()}}) + "\n")
+        self.jsonl.flush()
+        for name, value in metrics.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self.tensorboard.add_scalar(name, value, step)
+        self.tensorboard.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.jsonl.close()
+            self.tensorboard.close()
+
+
+def _number(value: Any) -> Any:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+class _Preemption:
+    """SIGTERM sets a flag; the loop saves and stops at the next step. Across processes the decision is
+    collective (the OR of every process's flag, gathered every `train.log_every` steps), so no process stops
+    alone."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        log.warning("SIGTERM: saving a checkpoint at the next step and stopping")
+        self.requested = True
+
+    def should_stop(self, step: int, every: int) -> bool:
+        """Single process: at every step. Several: at every `every`-th step (the check is a collective)."""
+        if jax.process_count() == 1:
+            return self.requested
+        if step % every:
+            return False
+        flags = multihost_utils.process_allgather(np.asarray(self.requested))
+        return bool(np.any(flags))
+
+    def close(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (the device memory, on CPU)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def ensure_data(config: Any) -> None:
+    """Build the configured data set if missing: process 0 builds, the others wait."""
+    request = pipeline.build_request(config)
+    if jax.process_index() == 0 and not builders.dataset_dir(request).is_dir():
+        log.info("building %s (%s) into %s", request.name, request.size, request.data_dir)
+        builders.build(request)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("vlm_jax data built")
+
+
+def _initial_state(run: Run, checkpointer: checkpoint_lib.Checkpointer, train_iter) -> tuple[TrainState, dict]:
+    """Resume from the workdir's latest checkpoint, else a fresh state (optionally `init_from`)."""
+    info: dict[str, float] = {}
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        start = time.perf_counter()
+        state, data_state = checkpointer.restore(latest, run.factory.abstract())
+        info["checkpoint/restore_s"] = time.perf_counter() - start
+        if data_state is not None:
+            train_iter.set_state(data_state)
+        log.info("resumed from step %d", latest)
+        return state, info
+    state = run.factory.create()
+    init_from = run.config.init_from
+    if init_from.workdir:
+        state = load_pretrained(run, state, init_from)
+    return state, info
+
+
+def load_pretrained(run: Run, state: TrainState, init_from: Any) -> TrainState:
+    """Copy parameters (all, or the modules `init_from.include` names) from another run's checkpoint."""
+    source = Path(init_from.workdir)
+    if not (source / "checkpoints").is_dir():
+        raise UserError(f"init_from.workdir {source} has no checkpoints/ directory")
+    include = [str(p).strip("/") for p in init_from.include] or sorted(state.params)
+    missing = [p for p in include if p not in state.params]
+    if missing:
+        raise UserError(f"init_from.include names {missing}, not top-level modules of this model: "
+                        f"{', '.join(sorted(state.params))}")
+    target = {name: checkpoint_lib.abstract_of(state.params[name]) for name in include}
+    reader = checkpoint_lib.Checkpointer(source, async_save=False)
+    try:
+        step = int(init_from.step) if int(init_from.step) >= 0 else None
+        loaded = reader.restore_params(step, target)
+    finally:
+        reader.close()
+    log.info("initialised %s from %s", ", ".join(include), source)
+    return state.replace(params={**state.params, **loaded})
+
+
+def train(config: Any, workdir: str | Path, evaluators: Iterable[Callable[[Run], Evaluator]] = ()) -> dict[str, float]:
+    """Run (or resume) training as the module doc describes; returns the final results."""
+    workdir = Path(workdir)
+    if jax.process_index() == 0:
+        config_lib.write(config, workdir)
+    ensure_data(config)
+    run = Run(config)
+    all_evaluators: list[Evaluator] = [LossEvaluator(run), *(make(run) for make in evaluators)]
+    checkpointer = checkpoint_lib.Checkpointer.from_config(workdir, config.checkpoint, config)
+    writer = _MetricsWriter(workdir)
+    train_iter = iter(pipeline.train_dataset(run.spec))
+    preemption = _Preemption()
+    try:
+        state, info = _initial_state(run, checkpointer, train_iter)
+        results = _loop(run, state, train_iter, checkpointer, writer, all_evaluators, preemption, info)
+    finally:
+        preemption.close()
+        checkpointer.close()
+        writer.close()
+    if results is not None and jax.process_index() == 0:
+        (workdir / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    if results is None:
+        raise SystemExit(143)
+    return results
+
+
+def _evaluate(evaluators: list[Evaluator], state: TrainState, split: str) -> dict[str, float]:
+    out = {}
+    for evaluator in evaluators:
+        out.update({f"{split}/{k}": v for k, v in evaluator(state, split).items()})
+    return out
+
+
+def _loop(run: Run, state: TrainState, train_iter, checkpointer, writer, evaluators, preemption,
+          info: dict[str, float]) -> dict[str, float] | None:
+    config = run.config
+    num_steps, log_every = int(config.train.num_steps), max(1, int(config.train.log_every))
+    eval_every, save_every = int(config.train.eval_every), int(config.checkpoint.every_steps)
+    step = int(jax.device_get(state.step))
+    if info:
+        writer.write(step, info)
+    history: list[dict[str, Any]] = []
+    timed_steps, timed_seconds = 0, 0.0
+    progress = _progress(step, num_steps)
+    tick = time.perf_counter()
+    while step < num_steps:
+        batch = run.to_device(next(train_iter))
+        with run.mesh_context():
+            state, metrics = run.train_step(state, batch)
+        step += 1
+        history.append(metrics)
+        progress.update(1)
+        if step % log_every == 0 or step == num_steps:
+            means = _mean_metrics(history)  # waits for the step: timings below are real
+            now = time.perf_counter()
+            if step > log_every:  # the first window holds the compile
+                timed_steps, timed_seconds = timed_steps + len(history), timed_seconds + (now - tick)
+            tick = now
+            update = (step - 1) // run.accumulation
+            means = {f"train/{k}": v for k, v in means.items()}
+            means["train/learning_rate"] = float(run.schedule(update))
+            if timed_seconds:
+                means["train/steps_per_s"] = timed_steps / timed_seconds
+                means["train/clips_per_s"] = timed_steps * config.train.batch_size / timed_seconds
+            means["train/peak_rss_mb"] = peak_rss_mb()
+            writer.write(step, means)
+            progress.set_postfix(loss=f"{means['train/loss']:.4f}")
+            history = []
+        if eval_every > 0 and step % eval_every == 0 and step < num_steps:
+            evaluation = _evaluate(evaluators, state, "validation")
+            writer.write(step, evaluation)
+            _save(checkpointer, step, state, train_iter, writer, evaluation)
+        elif save_every > 0 and step % save_every == 0:
+            _save(checkpointer, step, state, train_iter, writer)
+        if preemption.should_stop(step, log_every):
+            _save(checkpointer, step, state, train_iter, writer)
+            progress.close()
+            return None
+    progress.close()
+    _save(checkpointer, step, state, train_iter, writer)
+    results = {}
+    for split in config.eval.splits:
+        results.update(_evaluate(evaluators, state, split))
+    if timed_seconds:
+        results["train/steps_per_s"] = timed_steps / timed_seconds
+        results["train/clips_per_s"] = timed_steps * config.train.batch_size / timed_seconds
+    results["train/peak_rss_mb"] = peak_rss_mb()
+    results["train/steps"] = float(step)
+    writer.write(step, results)
+    return results
+
+
+def _save(checkpointer, step: int, state: TrainState, train_iter, writer,
+          metrics: Mapping[str, float] | None = None) -> None:
+    start = time.perf_counter()
+    if checkpointer.save(step, state, train_iter.get_state(), metrics=metrics):
+        writer.write(step, {"checkpoint/save_blocking_s": time.perf_counter() - start})
+
+
+def _progress(start: int, total: int):
+    from tqdm import tqdm
+    return tqdm(total=total, initial=start, unit="step", disable=jax.process_index() != 0, dynamic_ncols=True,
+                smoothing=0.1, mininterval=1.0)

@@ -1,0 +1,254 @@
+"""Train and evaluation steps: pure functions `(state, batch) -> (state, metrics)`, one trainer, per-task losses.
+
+A task is a loss function `(vlm, batch, rng, settings, train) -> (loss, metrics)` that runs inside
+`VLM.apply` (so every head shares one apply and BatchNorm statistics update once):
+
+- `pretrain`: the config-weighted sum of contrastive (InfoNCE over the global batch), video-text matching
+  (negatives mined from the contrastive similarities plus the data's own hard-negative captions), masked
+  language modelling conditioned on the video, and masked video modelling;
+- `retrieval`: contrastive finetuning;
+- `caption`: teacher-forced cross-entropy with label smoothing;
+- `qa`: answer classification plus multiple choice over each question's candidates.
+
+Every component's loss is logged as `<name>_loss` with its metrics as `<name>/<metric>`; `loss` is the
+weighted total. `make_train_step` / `make_eval_step` close over the model, optimizer and settings; the
+loop jits them with shardings. Batches arrive in the training layout (one caption and one question per
+clip, `pipeline.train_dataset`); `as_train_batch` turns an evaluation batch into it for validation losses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from vlm_jax.errors import UserError
+from vlm_jax.models import heads
+from vlm_jax.models.layers import Encoded
+from vlm_jax.models.vlm import VLM
+from vlm_jax.train import losses
+from vlm_jax.train.state import TrainState
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+TASKS = ("pretrain", "retrieval", "caption", "qa")
+PRETRAIN_LOSSES = ("contrastive", "vtm", "mlm", "mvm")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What the losses read from the config: the task, its loss weights and the masking ratios."""
+    task: str
+    weights: tuple[tuple[str, float], ...]  # (loss name, weight); weight 0 skips the loss entirely
+    mlm_ratio: float = 0.15
+    caption_label_smoothing: float = 0.1
+
+    @classmethod
+    def from_config(cls, config) -> "Settings":
+        task = config.train.task
+        if task not in TASKS:
+            raise UserError(f"config key train.task must be one of {', '.join(TASKS)} (got {task!r})")
+        weights = tuple((name, float(weight)) for name, weight in sorted(config.losses.items()))
+        return cls(task=task, weights=weights, mlm_ratio=float(config.train.mlm_ratio),
+                   caption_label_smoothing=float(config.train.caption_label_smoothing))
+
+    def weight(self, name: str) -> float:
+        return dict(self.weights).get(name, 0.0)
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+def _take(encoded: Encoded, index: jax.Array) -> Encoded:
+    """Rows `index` of every field (a gather across the global batch)."""
+    return Encoded(*(None if x is None else jnp.take(x, index, axis=0) for x in encoded))
+
+
+def _concat(*parts: Encoded) -> Encoded:
+    mask = None if any(p.mask is None for p in parts) else jnp.concatenate([p.mask for p in parts])
+    return Encoded(jnp.concatenate([p.tokens for p in parts]), jnp.concatenate([p.pooled for p in parts]), mask)
+
+
+def _audio(batch: Batch) -> jax.Array | None:
+    return batch.get("audio")
+
+
+def _add(metrics: Metrics, name: str, loss: jax.Array, parts: Metrics) -> None:
+    metrics[f"{name}_loss"] = loss
+    metrics.update({f"{name}/{k}": v for k, v in parts.items()})
+
+
+def _weighted(settings: Settings, terms: dict[str, jax.Array], metrics: Metrics) -> tuple[jax.Array, Metrics]:
+    total = sum(settings.weight(name) * value for name, value in terms.items())
+    metrics["loss"] = total
+    return total, metrics
+
+
+# ----------------------------------------------------------------------------------------------- tasks
+
+def pretrain_loss(vlm: VLM, batch: Batch, rng: jax.Array, settings: Settings, train: bool) -> tuple[jax.Array, Metrics]:
+    k_mine, k_mlm, k_mvm = jax.random.split(rng, 3)
+    valid = batch["caption_valid"].astype(bool)
+    video, audio = vlm.encode_video(batch["video"], _audio(batch), train=train)
+    text = vlm.encode_text(batch["caption"], batch["caption_mask"], train=train)
+    terms, metrics = {}, {}
+
+    video_emb, text_emb, scale = vlm.embed(video, text)
+    if settings.weight("contrastive"):
+        terms["contrastive"], parts = losses.contrastive_loss(video_emb, text_emb, scale, valid)
+        _add(metrics, "contrastive", terms["contrastive"], parts)
+
+    if settings.weight("vtm"):
+        similarity = scale * video_emb @ text_emb.T
+        hard_text, hard_video = losses.mine_hard_negatives(similarity, k_mine, valid)
+        negative = vlm.encode_text(batch["negative"], batch["negative_mask"], train=train)
+        # one fusion pass over [positives; (video, mined text); (mined video, text); (video, data negative)]
+        videos = _concat(video, video, _take(video, hard_video), video)
+        audios = None if audio is None else _concat(audio, audio, _take(audio, hard_video), audio)
+        texts = _concat(text, _take(text, hard_text), text, negative)
+        logits = vlm.match(vlm.fuse(videos, audios, texts, train=train)).reshape(4, -1)
+        neg_valid = jnp.stack([valid & valid[hard_text], valid & valid[hard_video],
+                               valid & batch["has_negative"].astype(bool)])
+        terms["vtm"], parts = losses.matching_loss(logits[0], logits[1:].reshape(-1), valid, neg_valid.reshape(-1))
+        _add(metrics, "vtm", terms["vtm"], parts)
+
+    if settings.weight("mlm"):
+        masked_ids, targets = losses.mask_tokens(batch["caption"], batch["caption_mask"], k_mlm, settings.mlm_ratio)
+        targets = jnp.where(valid[:, None], targets, -1)
+        masked_text = vlm.encode_text(masked_ids, batch["caption_mask"], train=train)
+        logits = vlm.mlm(vlm.fuse(video, audio, masked_text, train=train))
+        terms["mlm"], parts = losses.mlm_loss(logits, targets)
+        _add(metrics, "mlm", terms["mlm"], parts)
+
+    if settings.weight("mvm"):
+        tubelet = tuple(vlm.config.mvm.tubelet)
+        masked_video, positions, num_cubes = losses.mask_cubes(batch["video"], k_mvm, tubelet,
+                                                               vlm.config.mvm.mask_ratio)
+        masked_tokens, _ = vlm.encode_video(masked_video, None, train=train)
+        pred = vlm.mvm(masked_tokens, positions, num_cubes)
+        targets = losses.mvm_targets(batch["video"], positions, tubelet)
+        terms["mvm"], parts = losses.mvm_loss(pred, targets, jnp.broadcast_to(valid[:, None], positions.shape))
+        _add(metrics, "mvm", terms["mvm"], parts)
+    return _weighted(settings, terms, metrics)
+
+
+def retrieval_loss(vlm: VLM, batch: Batch, rng: jax.Array, settings: Settings, train: bool) -> tuple[jax.Array, Metrics]:
+    video, _ = vlm.encode_video(batch["video"], None, train=train)
+    text = vlm.encode_text(batch["caption"], batch["caption_mask"], train=train)
+    video_emb, text_emb, scale = vlm.embed(video, text)
+    loss, parts = losses.contrastive_loss(video_emb, text_emb, scale, batch["caption_valid"].astype(bool))
+    metrics = {"logit_scale": scale}
+    _add(metrics, "contrastive", loss, parts)
+    return _weighted(settings, {"contrastive": loss}, metrics)
+
+
+def caption_loss(vlm: VLM, batch: Batch, rng: jax.Array, settings: Settings, train: bool) -> tuple[jax.Array, Metrics]:
+    video, audio = vlm.encode_video(batch["video"], _audio(batch), train=train)
+    logits = vlm.caption(batch["caption"], video, audio, train=train)
+    mask = batch["caption_mask"] * batch["caption_valid"][:, None].astype(batch["caption_mask"].dtype)
+    loss, parts = losses.caption_loss(logits, batch["caption"], mask, settings.caption_label_smoothing)
+    metrics = {}
+    _add(metrics, "caption", loss, parts)
+    return _weighted(settings, {"caption": loss}, metrics)
+
+
+def qa_loss(vlm: VLM, batch: Batch, rng: jax.Array, settings: Settings, train: bool) -> tuple[jax.Array, Metrics]:
+    valid = batch["question_valid"].astype(bool)
+    video, audio = vlm.encode_video(batch["video"], _audio(batch), train=train)
+    question = vlm.encode_text(batch["question"], batch["question_mask"], train=train)
+    logits = vlm.answer(vlm.fuse(video, audio, question, train=train), train=train)
+    terms, metrics = {}, {}
+    terms["qa"], parts = losses.qa_loss(logits, batch["answer"], valid)
+    _add(metrics, "qa", terms["qa"], parts)
+    if settings.weight("choice"):
+        terms["choice"], parts = losses.choice_loss(heads.choice_logits(logits, batch["choices"]),
+                                                    batch["choice_answer"], valid)
+        _add(metrics, "choice", terms["choice"], parts)
+    return _weighted(settings, terms, metrics)
+
+
+LOSSES: dict[str, Callable[..., tuple[jax.Array, Metrics]]] = {
+    "pretrain": pretrain_loss, "retrieval": retrieval_loss, "caption": caption_loss, "qa": qa_loss}
+
+
+def trained_modules(settings: Settings) -> set[str]:
+    """The top-level modules whose parameters the task's losses reach; the loop freezes the others, so that
+    weight decay does not shrink heads that get no gradient (and they cost no optimizer memory)."""
+    if settings.task == "retrieval":
+        return {"video_encoder", "text_encoder", "contrastive"}
+    if settings.task == "caption":
+        return {"video_encoder", "audio_encoder", "caption_decoder"}
+    if settings.task == "qa":
+        return {"video_encoder", "audio_encoder", "text_encoder", "fusion", "qa_head"}
+    used = {"video_encoder", "text_encoder"}
+    if settings.weight("contrastive"):
+        used |= {"contrastive"}
+    if settings.weight("vtm"):
+        used |= {"audio_encoder", "fusion", "matching"}
+    if settings.weight("mlm"):
+        used |= {"audio_encoder", "fusion", "mlm_head"}
+    if settings.weight("mvm"):
+        used |= {"mvm_head"}
+    return used
+
+
+# ----------------------------------------------------------------------------------------------- steps
+
+def _apply_loss(model: VLM, settings: Settings, params: Any, batch_stats: Any, batch: Batch, rng: jax.Array,
+                train: bool) -> tuple[jax.Array, tuple[Metrics, Any]]:
+    k_loss, k_dropout, k_masking = jax.random.split(rng, 3)
+    variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+    mutable = ["batch_stats"] if (train and batch_stats) else False
+    out = model.apply(variables, batch, k_loss, settings, train, method=LOSSES[settings.task],
+                      rngs={"dropout": k_dropout, "masking": k_masking}, mutable=mutable)
+    (loss, metrics), updates = out if mutable else (out, {})
+    return loss, (metrics, updates.get("batch_stats", batch_stats))
+
+
+def make_train_step(model: VLM, tx: optax.GradientTransformation,
+                    settings: Settings) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """One optimizer micro-step: gradients of the task loss, optax update, BatchNorm statistics, step + 1.
+    Metrics: the task's, plus the global norms of the gradients and the parameters."""
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        rng = jax.random.fold_in(state.rng, state.step)
+        grad_fn = jax.value_and_grad(_apply_loss, argnums=2, has_aux=True)
+        (_, (metrics, batch_stats)), grads = grad_fn(model, settings, state.params, state.batch_stats, batch, rng,
+                                                     True)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {**metrics, "grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(params)}
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state, batch_stats=batch_stats), metrics
+
+    return train_step
+
+
+def make_eval_step(model: VLM, settings: Settings) -> Callable[[TrainState, Batch], Metrics]:
+    """The task's losses and metrics without dropout or statistic updates, with a fixed key (masking for
+    MLM/MVM is the same at every evaluation, so validation losses are comparable across steps). Returns
+    per-batch means plus `weight`, the number of valid clips, for a weighted average over batches."""
+
+    def eval_step(state: TrainState, batch: Batch) -> Metrics:
+        _, (metrics, _) = _apply_loss(model, settings, state.params, state.batch_stats, batch,
+                                      jax.random.key(0), False)
+        return {**metrics, "weight": jnp.sum(batch["caption_valid"].astype(jnp.float32))}
+
+    return eval_step
+
+
+def as_train_batch(batch: Batch) -> Batch:
+    """An evaluation batch (every caption and question, `valid` per clip) in the training layout: the
+    first caption and the first question of each clip, no data hard negative."""
+    valid = batch["valid"].astype(bool)
+    out = {k: batch[k] for k in ("video", "audio", "has_audio") if k in batch}
+    out.update(caption=batch["captions"][:, 0], caption_mask=batch["caption_masks"][:, 0],
+               caption_valid=valid & batch["caption_valid"][:, 0].astype(bool),
+               negative=jnp.zeros_like(batch["captions"][:, 0]), negative_mask=jnp.zeros_like(batch["captions"][:, 0]),
+               has_negative=jnp.zeros_like(valid),
+               question=batch["questions"][:, 0], question_mask=batch["question_masks"][:, 0],
+               answer=batch["answers"][:, 0], choices=batch["choices"][:, 0], choice_answer=batch["choice_answers"][:, 0],
+               question_valid=valid & batch["question_valid"][:, 0].astype(bool))
+    return out
