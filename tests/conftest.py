@@ -31,3 +31,28 @@ def tiny_dataset(tmp_path_factory) -> Path:
     data_dir = tmp_path_factory.mktemp("data")
     result = run_vlm("data", "build", "moving_shapes", "--data_dir", str(data_dir), "--size", "tiny")
     return Path(json.loads(result.stdout[result.stdout.index("\n{") + 1:])["path"])
+
+
+# `vlm train` overrides that shrink the tiny preset until a step compiles in seconds: the same code paths
+# (every pretraining loss, audio, BERT, ViViT, cross-attention fusion), one layer each, 4 frames of 32 px.
+MICRO = ("data.num_frames=4", "data.image_size=32", "data.max_text_len=16", "train.batch_size=8",
+         "model.video.vivit.depth=1", "model.video.vivit.variant=joint", "model.text.bert.depth=1",
+         "model.audio.audio_transformer.depth=1", "train.log_every=1", "train.eval_every=0",
+         "eval.max_batches=1", "eval.splits=('test',)", "checkpoint.every_steps=0")
+
+
+def train_args(dataset: Path, workdir: Path, *overrides: str, config: str = "configs/pretrain.py:tiny") -> list[str]:
+    """`vlm train` arguments for the micro model on the session's tiny data set."""
+    data_dir = dataset.parent.parent.parent  # <data_dir>/moving_shapes/<config>/<version>
+    return ["train", "--config", config, "--workdir", str(workdir), f"--config.data.data_dir={data_dir}",
+            *(f"--config.{o}" for o in (*MICRO, *overrides))]
+
+
+def train_losses(workdir: Path, key: str = "train/loss") -> dict[int, float]:
+    """step -> the logged value of `key` in workdir/metrics.jsonl (later lines win, as after a resume)."""
+    out = {}
+    for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if key in record:
+            out[record["step"]] = record[key]
+    return out

@@ -93,6 +93,16 @@ def _init_distributed(args) -> None:
                                initialization_timeout=args.init_timeout)
 
 
+def _compilation_cache() -> None:
+    """Keep compiled XLA programs on disk ($VLM_COMPILATION_CACHE, default ~/.cache/vlm_jax/xla; "" turns it
+    off): a resumed or repeated run skips its compiles (tens of seconds on CPU)."""
+    import jax
+    path = os.environ.get("VLM_COMPILATION_CACHE", os.path.expanduser("~/.cache/vlm_jax/xla"))
+    if path:
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
+
+
 def _env_int(name: str) -> int | None:
     value = os.environ.get(name)
     if value is None:
@@ -107,10 +117,13 @@ def _train(args) -> None:
     from vlm_jax import config as config_lib
     config = config_lib.load(args.config, args.overrides)  # bad configs fail before any device is touched
     _init_distributed(args)
+    _compilation_cache()
     from vlm_jax.eval import evaluators
     from vlm_jax.train import loop
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("vlm_jax").setLevel(logging.INFO)
+    # orbax warns at every periodic save that ranks checkpoints by a metric only evaluations provide
+    logging.getLogger("absl").addFilter(lambda record: "did not provide metrics" not in record.getMessage())
     results = loop.train(config, args.workdir, evaluators=evaluators.evaluators_for(config))
     import jax
     if jax.process_index() == 0:

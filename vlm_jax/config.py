@@ -122,6 +122,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(0.0 < data.augment.min_crop_scale <= 1.0, "data.augment.min_crop_scale", "must be in (0, 1]",
            data.augment.min_crop_scale)
     _check(data.num_workers >= 0, "data.num_workers", "must be >= 0", data.num_workers)
+    from vlm_jax.train.steps import TASKS
+    _check(config.train.task in TASKS, "train.task", f"must be one of {', '.join(TASKS)}", config.train.task)
     _check(config.train.batch_size > 0, "train.batch_size", "must be positive", config.train.batch_size)
     _check(config.train.num_steps >= 0, "train.num_steps", "must be >= 0", config.train.num_steps)
     _check(len(config.mesh.shape) == len(config.mesh.axes), "mesh.shape", "must have one entry per mesh.axes",

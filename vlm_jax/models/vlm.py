@@ -9,6 +9,7 @@ needs no other change. Methods are the entry points the train steps and evaluato
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -37,11 +38,22 @@ _HEAD_SIZES = {
 }
 
 
+ENCODERS = {**VIDEO_ENCODERS, **TEXT_ENCODERS, **AUDIO_ENCODERS}
+_NOT_CONFIG = {"parent", "name", "dtype", "param_dtype"}
+
+
+def _fields(module: type[nn.Module]) -> dict:
+    """Every configurable field of a tower with its default (variant, pool, remat, scan, mask_ratio, ...),
+    so each is one config line; the preset's SIZES table then sets the sizes."""
+    return {f.name: f.default for f in dataclasses.fields(module)
+            if f.name not in _NOT_CONFIG and f.default is not dataclasses.MISSING}
+
+
 def model_config(size: str) -> ml_collections.ConfigDict:
     """The `model` block for a preset size: every family's own block, so any one can be chosen by name."""
     heads_size = _HEAD_SIZES[size]
     width = heads_size["width"]
-    block = lambda name: ml_collections.ConfigDict(dict(_SIZE_TABLES[name].SIZES[size]))
+    block = lambda name: ml_collections.ConfigDict({**_fields(ENCODERS[name]), **_SIZE_TABLES[name].SIZES[size]})
     return ml_collections.ConfigDict({
         "dtype": "float32",
         "param_dtype": "float32",

@@ -119,8 +119,13 @@ def pretrain_loss(vlm: VLM, batch: Batch, rng: jax.Array, settings: Settings, tr
         masked_ids, targets = losses.mask_tokens(batch["caption"], batch["caption_mask"], k_mlm, settings.mlm_ratio)
         targets = jnp.where(valid[:, None], targets, -1)
         masked_text = vlm.encode_text(masked_ids, batch["caption_mask"], train=train)
-        logits = vlm.mlm(vlm.fuse(video, audio, masked_text, train=train))
-        terms["mlm"], parts = losses.mlm_loss(logits, targets)
+        fused = vlm.fuse(video, audio, masked_text, train=train)
+        # vocabulary logits only at the (at most `limit`) predicted positions of each row: [B, limit, V]
+        limit = max(1, round(settings.mlm_ratio * targets.shape[1]))  # mask_tokens' count never exceeds it
+        positions = jnp.argsort(targets < 0, axis=1, stable=True)[:, :limit]
+        hidden = jnp.take_along_axis(fused.tokens, positions[..., None], axis=1)
+        logits = vlm.mlm(fused._replace(tokens=hidden))
+        terms["mlm"], parts = losses.mlm_loss(logits, jnp.take_along_axis(targets, positions, axis=1))
         _add(metrics, "mlm", terms["mlm"], parts)
 
     if settings.weight("mvm"):
@@ -130,8 +135,8 @@ def pretrain_loss(vlm: VLM, batch: Batch, rng: jax.Array, settings: Settings, tr
         masked_tokens, _ = vlm.encode_video(masked_video, None, train=train)
         pred = vlm.mvm(masked_tokens, positions, num_cubes)
         targets = losses.mvm_targets(batch["video"], positions, tubelet)
-        terms["mvm"], parts = losses.mvm_loss(pred, targets, jnp.broadcast_to(valid[:, None], positions.shape))
-        _add(metrics, "mvm", terms["mvm"], parts)
+        terms["mvm"], _ = losses.mvm_loss(pred, targets, jnp.broadcast_to(valid[:, None], positions.shape))
+        _add(metrics, "mvm", terms["mvm"], {})  # its only metric is the loss itself
     return _weighted(settings, terms, metrics)
 
 

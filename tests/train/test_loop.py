@@ -1,0 +1,173 @@
+"""`vlm train` end to end on the micro model: run files, a falling loss, exact resume after a stop, a
+SIGTERM and a SIGKILL, finetuning from part of a pretraining run, and one-line errors.
+
+Every run of this file shares one persistent XLA cache, so the second and later runs of a program skip its
+compile; they run in subprocesses exactly as a user would.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO, run_vlm, train_args, train_losses
+
+TOTAL = ("optim.total_steps=40", "optim.warmup_steps=2")  # one LR schedule for runs of different lengths
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    previous = os.environ.get("VLM_COMPILATION_CACHE")
+    os.environ["VLM_COMPILATION_CACHE"] = str(tmp_path_factory.mktemp("xla_cache"))
+    yield
+    if previous is None:
+        os.environ.pop("VLM_COMPILATION_CACHE")
+    else:
+        os.environ["VLM_COMPILATION_CACHE"] = previous
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_dataset, tmp_path_factory):
+    """An uninterrupted 12-step run (checkpoints every 4 steps)."""
+    workdir = tmp_path_factory.mktemp("reference")
+    run_vlm(*train_args(tiny_dataset, workdir, "train.num_steps=12", "checkpoint.every_steps=4", *TOTAL))
+    return workdir
+
+
+def test_run_writes_config_metrics_results_checkpoints_and_tensorboard(reference):
+    config = json.loads((reference / "config.json").read_text())
+    assert config["seed"] == 0 and config["train"]["num_steps"] == 12 and config["train"]["task"] == "pretrain"
+    losses = train_losses(reference)
+    assert sorted(losses) == list(range(1, 13)) and all(np.isfinite(v) for v in losses.values())
+    results = json.loads((reference / "results.json").read_text())
+    for key in ("test/pretrain/loss", "test/pretrain/mlm_loss", "test/retrieval/t2v_R@1", "test/retrieval/v2t_R@5",
+                "train/clips_per_s", "train/steps_per_s"):
+        assert key in results, key
+    assert 0 <= results["test/retrieval/t2v_R@1"] <= results["test/retrieval/t2v_R@5"] <= 100
+    assert results["train/clips_per_s"] > 0
+    assert _saved_steps(reference) == [4, 8, 12]
+    assert any(p.name.startswith("events.out.tfevents") for p in (reference / "tensorboard").iterdir())
+
+
+def test_loss_falls(tiny_dataset, tmp_path):
+    """40 steps of the micro model on tiny data: the last steps' mean loss is well below the first steps'."""
+    run_vlm(*train_args(tiny_dataset, tmp_path, "train.num_steps=40", "eval.splits=()", *TOTAL))
+    losses = [v for _, v in sorted(train_losses(tmp_path).items())]
+    first, last = np.mean(losses[:5]), np.mean(losses[-5:])
+    assert last < 0.9 * first, (first, last)  # measured: 13.97 -> 12.00
+
+
+def test_stop_and_resume_equals_an_uninterrupted_run(tiny_dataset, tmp_path, reference):
+    """Stop after 6 steps (a final save), start again with 12: steps 7-12 are bit-identical to the reference."""
+    run_vlm(*train_args(tiny_dataset, tmp_path, "train.num_steps=6", "eval.splits=()", "checkpoint.every_steps=4",
+                        *TOTAL))
+    run_vlm(*train_args(tiny_dataset, tmp_path, "train.num_steps=12", "checkpoint.every_steps=4", *TOTAL))
+    resumed, expected = train_losses(tmp_path), train_losses(reference)
+    assert [resumed[s] for s in range(7, 13)] == [expected[s] for s in range(7, 13)]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any("checkpoint/restore_s" in r and r["step"] == 6 for r in records)
+
+
+def _start(args, workdir):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    log = open(workdir / "stderr.txt", "w")
+    return subprocess.Popen([sys.executable, "-m", "vlm_jax", *args], stdout=subprocess.DEVNULL, stderr=log,
+                            env=env, cwd=REPO)
+
+
+def _saved_steps(workdir):
+    """Committed checkpoint steps (a save in progress lives in a `<step>.orbax-checkpoint-tmp*` directory)."""
+    folder = workdir / "checkpoints"
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+
+
+def _wait_for_step(process, workdir, step, timeout=300):
+    """Until the run has logged `step` and committed a checkpoint."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (workdir / "metrics.jsonl").exists() and max(train_losses(workdir), default=0) >= step \
+                and _saved_steps(workdir):
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"run ended early: {(workdir / 'stderr.txt').read_text()[-2000:]}")
+        time.sleep(0.2)
+    process.kill()
+    raise AssertionError("run too slow")
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_killed_run_resumes_exactly(tiny_dataset, tmp_path, reference, how):
+    """A long run is stopped mid-way: SIGTERM saves at the next step and exits 143; SIGKILL loses the steps
+    since the last periodic checkpoint (every 4). Restarted with 12 steps, every step after its restore point
+    equals the uninterrupted reference bit for bit."""
+    args = train_args(tiny_dataset, tmp_path, "train.num_steps=1000", "checkpoint.every_steps=4", "eval.splits=()",
+                      *TOTAL)
+    process = _start(args, tmp_path)
+    _wait_for_step(process, tmp_path, 5)
+    process.send_signal(getattr(signal, how))
+    code = process.wait(timeout=120)
+    steps = _saved_steps(tmp_path)
+    if how == "SIGTERM":
+        assert code == 143, (tmp_path / "stderr.txt").read_text()[-2000:]
+        assert steps[-1] >= 5  # saved where it stopped, not only at the last periodic save
+    else:
+        assert code == -signal.SIGKILL and steps[-1] % 4 == 0  # only committed periodic saves count
+    restart = steps[-1]
+    if restart >= 12:
+        pytest.skip(f"the run reached step {restart} before the signal landed")
+    run_vlm(*train_args(tiny_dataset, tmp_path, "train.num_steps=12", "checkpoint.every_steps=4", *TOTAL))
+    resumed, expected = train_losses(tmp_path), train_losses(reference)
+    assert [resumed[s] for s in range(restart + 1, 13)] == [expected[s] for s in range(restart + 1, 13)]
+
+
+def test_finetune_from_part_of_a_pretraining_run(tiny_dataset, tmp_path, reference):
+    """QA finetuning initialised with only the video tower of the reference run: that tower starts equal
+    to the checkpoint's, the text tower does not; the run trains and reports QA accuracy."""
+    import jax
+
+    from test_steps import make_config
+    from vlm_jax.train import loop
+    include = ("init_from.include=['video_encoder']", f"init_from.workdir={reference}")
+    config = make_config(tiny_dataset, "qa", *include)
+    run = loop.Run(config)
+    fresh = run.factory.create()
+    loaded = loop.load_pretrained(run, run.factory.create(), config.init_from)
+    pretrained = checkpoint_params(reference, fresh.params)
+    same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    assert same(jax.device_get(loaded.params["video_encoder"]), pretrained["video_encoder"])
+    assert not same(jax.device_get(fresh.params["video_encoder"]), pretrained["video_encoder"])
+    assert same(jax.device_get(loaded.params["text_encoder"]), jax.device_get(fresh.params["text_encoder"]))
+    assert not same(jax.device_get(loaded.params["text_encoder"]), pretrained["text_encoder"])
+
+    run_vlm(*train_args(tiny_dataset, tmp_path, "train.num_steps=4", "optim.warmup_steps=1", *include,
+                        config="configs/finetune_qa.py:tiny"))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert 0 <= results["test/qa/acc"] <= 100 and "test/qa/choice_acc" in results and "test/qa/loss" in results
+
+
+def checkpoint_params(workdir, like):
+    """The latest checkpoint's parameters of `workdir`, as numpy, for the modules of `like`."""
+    from vlm_jax.train import checkpoint
+    reader = checkpoint.Checkpointer(workdir)
+    try:
+        target = {name: checkpoint.abstract_of(tree) for name, tree in like.items()}
+        return {k: _numpy(v) for k, v in reader.restore_params(None, target).items()}
+    finally:
+        reader.close()
+
+
+def _numpy(tree):
+    import jax
+    return jax.tree.map(np.asarray, tree)
+
+
+def test_bad_config_is_a_one_line_error(tmp_path):
+    result = run_vlm("train", "--config", "configs/pretrain.py:tiny", "--workdir", str(tmp_path),
+                     "--config.train.task=dance", check=False)
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+    assert "train.task" in result.stderr

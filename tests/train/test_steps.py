@@ -1,0 +1,103 @@
+"""Train and eval steps on the micro model and real tiny batches, one device, in process.
+
+Metric names and dtypes are checked abstractly (`jax.eval_shape`, no compile); values through one
+compiled run per task.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import MICRO
+from vlm_jax import config as config_lib
+from vlm_jax.data import pipeline
+from vlm_jax.train import loop, steps
+
+TASK_CONFIGS = {"pretrain": "configs/pretrain.py:tiny", "retrieval": "configs/finetune_retrieval.py:tiny",
+                "caption": "configs/finetune_caption.py:tiny", "qa": "configs/finetune_qa.py:tiny"}
+
+
+def make_config(tiny_dataset, task="pretrain", *overrides):
+    data_dir = tiny_dataset.parent.parent.parent
+    return config_lib.load(TASK_CONFIGS[task], [*MICRO, f"data.data_dir={data_dir}", *overrides])
+
+
+def first_batch(run):
+    return run.to_device(next(iter(pipeline.train_dataset(run.spec))))
+
+
+def abstract_step(run, batch):
+    """(state, metrics) shapes of one train step, traced only."""
+    with run.mesh_context():
+        return jax.eval_shape(run.train_step, run.factory.abstract(), batch)
+
+
+@pytest.mark.parametrize("task, expected", [
+    ("pretrain", {"contrastive_loss", "vtm_loss", "mlm_loss", "mvm_loss", "contrastive/t2v_acc", "vtm/neg_acc",
+                  "mlm/accuracy"}),
+    ("retrieval", {"contrastive_loss", "contrastive/v2t_acc", "logit_scale"}),
+    ("caption", {"caption_loss", "caption/nll", "caption/accuracy"}),
+    ("qa", {"qa_loss", "qa/accuracy", "choice_loss", "choice/accuracy"}),
+])
+def test_each_task_logs_its_losses(tiny_dataset, task, expected):
+    run = loop.Run(make_config(tiny_dataset, task))
+    state, metrics = abstract_step(run, first_batch(run))
+    assert expected | {"loss", "grad_norm", "param_norm"} <= set(metrics)
+    assert all(m.shape == () and m.dtype == jnp.float32 for m in metrics.values())
+    assert int(np.prod(state.step.shape)) == 1
+
+
+def test_zero_weight_drops_the_loss_and_freezes_its_head(tiny_dataset):
+    run = loop.Run(make_config(tiny_dataset, "pretrain", "losses.mvm=0", "losses.vtm=0"))
+    _, metrics = abstract_step(run, first_batch(run))
+    assert "mvm_loss" not in metrics and "vtm_loss" not in metrics and "mlm_loss" in metrics
+    trained = steps.trained_modules(run.settings)
+    assert "mvm_head" not in trained and "matching" not in trained and "mlm_head" in trained
+
+
+def test_bf16_compute_keeps_float32_parameters_and_optimizer_state(tiny_dataset):
+    run = loop.Run(make_config(tiny_dataset, "pretrain", "model.dtype=bfloat16"))
+    state, metrics = abstract_step(run, first_batch(run))
+    floats = [x for x in jax.tree.leaves((state.params, state.opt_state)) if jnp.issubdtype(x.dtype, jnp.floating)]
+    assert floats and all(x.dtype == jnp.float32 for x in floats)
+    assert metrics["loss"].dtype == jnp.float32
+
+
+def test_pretrain_step_values(tiny_dataset):
+    """One real step: the total is the weighted sum of the logged parts; frozen heads do not move, trained
+    towers do; the step counter advances."""
+    config = make_config(tiny_dataset, "pretrain", "optim.warmup_steps=0")  # warmup's first LR is 0
+    run = loop.Run(config)
+    batch = first_batch(run)
+    state = run.factory.create()
+    before = jax.device_get(state.params)
+    with run.mesh_context():
+        new_state, metrics = run.train_step(state, batch)
+    metrics = jax.device_get(metrics)
+    weights = config.losses
+    total = sum(weights[name] * metrics[f"{name}_loss"] for name in ("contrastive", "vtm", "mlm", "mvm"))
+    np.testing.assert_allclose(metrics["loss"], total, rtol=1e-6)
+    assert all(np.isfinite(v) for v in metrics.values())
+    assert int(new_state.step) == 1
+    after = jax.device_get(new_state.params)
+    for frozen in ("caption_decoder", "qa_head"):  # untouched by the pretraining losses
+        for a, b in zip(jax.tree.leaves(before[frozen]), jax.tree.leaves(after[frozen])):
+            np.testing.assert_array_equal(a, b)
+    moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before["video_encoder"]),
+                                                      jax.tree.leaves(after["video_encoder"]))]
+    assert np.mean(moved) > 0.9
+
+
+@pytest.mark.slow  # I3D compiles for over a minute on 2 cores
+def test_i3d_batch_statistics_update_in_training(tiny_dataset):
+    run = loop.Run(make_config(tiny_dataset, "retrieval", "model.video.name=i3d", "optim.warmup_steps=0"))
+    batch = first_batch(run)
+    state = run.factory.create()
+    assert state.batch_stats, "I3D has BatchNorm statistics"
+    before = jax.device_get(state.batch_stats)
+    with run.mesh_context():
+        new_state, metrics = run.train_step(state, batch)
+    after = jax.device_get(new_state.batch_stats)
+    changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after))]
+    assert any(changed) and np.isfinite(float(metrics["loss"]))
