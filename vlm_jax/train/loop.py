@@ -85,6 +85,10 @@ class Run:
         accumulation = int(optim_config.grad_accum_steps)
         if int(optim_config.total_steps) <= 0:  # -1: derived from the run length
             optim_config.total_steps = max(1, config.train.num_steps // accumulation)
+            if optim_config.warmup_steps >= optim_config.total_steps:
+                raise UserError(f"optim.warmup_steps ({optim_config.warmup_steps}) must be smaller than the run's "
+                                f"{optim_config.total_steps} optimizer updates (train.num_steps / "
+                                f"optim.grad_accum_steps); lower optim.warmup_steps")
         self.schedule = optim.schedule(optim_config)
         self.accumulation = accumulation
         def make_tx(params):
@@ -120,7 +124,9 @@ def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
 
 class LossEvaluator:
     """The task's losses and metrics on a split (at most `eval.max_batches` batches; all when <= 0),
-    averaged over clips: keys `<task>/<metric>`."""
+    averaged over clips: keys `<task>/<name>` (`pretrain/mlm_loss`, `qa/qa_accuracy`, ...). They are
+    computed as in training, on each clip's first caption and first question; the task evaluators
+    (`retrieval/t2v_R@1`, `qa/acc`, ...) use every caption and question."""
 
     def __init__(self, run: Run):
         self.run = run
@@ -329,6 +335,7 @@ def _loop(run: Run, state: TrainState, train_iter, checkpointer, writer, evaluat
             evaluation = _evaluate(evaluators, state, "validation")
             writer.write(step, evaluation)
             _save(checkpointer, step, state, train_iter, writer, evaluation)
+            tick = time.perf_counter()  # throughput counts training, not evaluation
         elif save_every > 0 and step % save_every == 0:
             _save(checkpointer, step, state, train_iter, writer)
         if preemption.should_stop(step, log_every):

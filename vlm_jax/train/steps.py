@@ -10,8 +10,8 @@ A task is a loss function `(vlm, batch, rng, settings, train) -> (loss, metrics)
 - `caption`: teacher-forced cross-entropy with label smoothing;
 - `qa`: answer classification plus multiple choice over each question's candidates.
 
-Every component's loss is logged as `<name>_loss` with its metrics as `<name>/<metric>`; `loss` is the
-weighted total. `make_train_step` / `make_eval_step` close over the model, optimizer and settings; the
+Every component's loss is logged as `<name>_loss` with its metrics as `<name>/<metric>` (accuracies in
+percent); `loss` is the weighted total. `make_train_step` / `make_eval_step` close over the model, optimizer and settings; the
 loop jits them with shardings. Batches arrive in the training layout (one caption and one question per
 clip, `pipeline.train_dataset`); `as_train_batch` turns an evaluation batch into it for validation losses.
 """
@@ -77,8 +77,10 @@ def _audio(batch: Batch) -> jax.Array | None:
 
 
 def _add(metrics: Metrics, name: str, loss: jax.Array, parts: Metrics) -> None:
+    """Log a component's loss as `<name>_loss` and its metrics as `<name>/<metric>`, accuracies in percent
+    (as results.json reports every accuracy and recall)."""
     metrics[f"{name}_loss"] = loss
-    metrics.update({f"{name}/{k}": v for k, v in parts.items()})
+    metrics.update({f"{name}/{k}": 100.0 * v if "acc" in k else v for k, v in parts.items()})
 
 
 def _weighted(settings: Settings, terms: dict[str, jax.Array], metrics: Metrics) -> tuple[jax.Array, Metrics]:
