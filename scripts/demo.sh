@@ -27,7 +27,7 @@ head -n 30 "$OUT/data/samples.md"
 echo "== 3. the model the tiny preset builds"
 vlm models summary --config configs/pretrain.py:tiny
 
-echo "== 4. throughput"
+echo "== 4. throughput: input pipeline, tiny train step, checkpoint, per-device memory"
 vlm bench --quick --data_dir "$DATA_DIR" --out "$OUT/bench"
 
 echo "== 5. pretrain (contrastive + matching + masked language + masked video) into $OUT/pretrain"

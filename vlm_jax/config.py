@@ -23,19 +23,29 @@ _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
 
 def load(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
-    """The config named by `FILE[:preset]`, with overrides applied, validated."""
+    """The config named by `FILE[:preset]` (a config file), or a run's `config.json` (which reproduces that
+    run), with overrides applied, validated."""
     path, _, arg = spec.partition(":")
-    module = load_file(path)
-    if not hasattr(module, "get_config"):
-        raise UserError(f"config file {path} has no get_config(arg) function")
-    try:
-        config = module.get_config(arg or None)
-    except ValueError as e:  # config files raise ValueError for an unknown preset
-        raise UserError(f"{path}: {e}") from None
+    if path.endswith(".json"):
+        if arg:
+            raise UserError(f"{path} is a resolved config; it takes no preset (got {arg!r})")
+        config = from_json(path)
+    else:
+        config = _from_file(path, arg)
     for override in overrides:
         apply_override(config, override)
     validate(config)
     return config
+
+
+def _from_file(path: str, arg: str) -> ml_collections.ConfigDict:
+    module = load_file(path)
+    if not hasattr(module, "get_config"):
+        raise UserError(f"config file {path} has no get_config(arg) function")
+    try:
+        return module.get_config(arg or None)
+    except ValueError as e:  # config files raise ValueError for an unknown preset
+        raise UserError(f"{path}: {e}") from None
 
 
 def load_file(path: str | os.PathLike) -> Any:

@@ -67,6 +67,18 @@ def test_shards_are_disjoint_and_complete(spec):
     assert len(set(union.tolist())) == len(union) == total - total % 3
 
 
+def test_global_batches_do_not_depend_on_the_process_count(spec):
+    """Two processes' rows, stacked, are exactly the one-process batches: same clips, order and augmentation."""
+    whole = iter(pipeline.train_dataset(dataclasses.replace(spec, batch_size=8)))
+    halves = [iter(pipeline.train_dataset(dataclasses.replace(spec, batch_size=4, shard_index=i, shard_count=2)))
+              for i in range(2)]
+    for _ in range(3):
+        expected, parts = next(whole), [next(h) for h in halves]
+        for key, value in expected.items():
+            np.testing.assert_array_equal(value, np.concatenate([p[key] for p in parts]), err_msg=key)
+    assert not set(parts[0]["index"].tolist()) & set(parts[1]["index"].tolist())
+
+
 def test_epochs_cover_the_shard_and_reshuffle(spec):
     spec = dataclasses.replace(spec, batch_size=16)
     per_epoch = builders.SIZES["tiny"]["train"] // 16

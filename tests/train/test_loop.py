@@ -61,6 +61,14 @@ def test_loss_falls(reference):
     assert last < 0.9 * first, (first, last)  # measured: 13.97 -> 12.00
 
 
+def test_config_json_reproduces_the_run(tmp_path, reference):
+    """`vlm train --config RUN/config.json` repeats RUN: the same losses, bit for bit."""
+    run_vlm("train", "--config", str(reference / "config.json"), "--workdir", str(tmp_path),
+            "--config.train.num_steps=3", "--config.eval.splits=()")
+    again, expected = train_losses(tmp_path), train_losses(reference)
+    assert [again[s] for s in (1, 2, 3)] == [expected[s] for s in (1, 2, 3)]
+
+
 def _start(args, workdir):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     log = open(workdir / "stderr.txt", "w")

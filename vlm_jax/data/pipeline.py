@@ -235,14 +235,26 @@ def _open(spec: Spec, split: str):
 
 
 def train_dataset(spec: Spec, split: str = "train", num_epochs: int | None = None) -> grain.IterDataset:
-    """Endless (or num_epochs) shuffled, augmented batches of this process's shard."""
+    """Endless (or num_epochs) shuffled, augmented batches: this process's rows of each global batch.
+
+    Every process shuffles and augments the whole split with the same seeds (both depend only on a clip's
+    position in the global stream), cuts the stream into chunks of its per-process batch size, and takes
+    every `shard_count`-th chunk from `shard_index`. Global batch g is therefore the same clips, in the
+    same order, with the same augmentations, whatever the process count: process i holds its rows
+    i*b ... (i+1)*b - 1, which is how `parallel.to_global` assembles them. Each process reads and
+    decodes only its own chunks (grain's datasets are lazy and indexable).
+    """
     dataset, source = _open(spec, split)
-    ds = (shard(_indexed(source), spec.shard_index, spec.shard_count)
-          .shuffle(seed=spec.seed)
-          .repeat(num_epochs)
-          .random_map(_Train(Transform(spec, Vocabulary.of(dataset))), seed=spec.seed + 1)
-          .batch(spec.batch_size, drop_remainder=True))
-    return _finish(ds, spec)
+    if len(source) < spec.batch_size * spec.shard_count:
+        raise UserError(f"the {split} split has {len(source)} clips, fewer than one global batch "
+                        f"({spec.batch_size * spec.shard_count}); lower train.batch_size")
+    chunks = (_indexed(source)
+              .shuffle(seed=spec.seed)
+              .repeat(num_epochs)
+              .random_map(_Train(Transform(spec, Vocabulary.of(dataset))), seed=spec.seed + 1)
+              .batch(spec.batch_size, drop_remainder=True))
+    whole_global_batches = len(chunks) - len(chunks) % spec.shard_count
+    return _finish(chunks[:whole_global_batches][spec.shard_index::spec.shard_count], spec)
 
 
 def eval_dataset(spec: Spec, split: str) -> grain.IterDataset:
