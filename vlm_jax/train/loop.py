@@ -81,7 +81,6 @@ class Run:
         self.audio_samples = int(dataset.info.features["audio"].shape[0])
         self.model = state_lib.make_model(config, len(self.vocabulary.answers))
         optim_config = config.optim.copy_and_resolve_references()
-        untrained = lambda params: sorted(set(params) - steps.trained_modules(self.settings))
         accumulation = int(optim_config.grad_accum_steps)
         if int(optim_config.total_steps) <= 0:  # -1: derived from the run length
             optim_config.total_steps = max(1, config.train.num_steps // accumulation)
@@ -91,8 +90,10 @@ class Run:
                                 f"optim.grad_accum_steps); lower optim.warmup_steps")
         self.schedule = optim.schedule(optim_config)
         self.accumulation = accumulation
+
         def make_tx(params):
-            frozen = list(optim_config.frozen) + [m for m in untrained(params) if m not in optim_config.frozen]
+            untouched = sorted(set(params) - steps.trained_modules(self.settings))
+            frozen = list(optim_config.frozen) + [m for m in untouched if m not in optim_config.frozen]
             log.info("frozen (given and untouched by the %s losses): %s", self.settings.task, frozen)
             return optim.make_optimizer({**optim_config.to_dict(), "frozen": frozen}, params)
 
