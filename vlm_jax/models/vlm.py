@@ -54,11 +54,14 @@ def model_config(size: str) -> ml_collections.ConfigDict:
     heads_size = _HEAD_SIZES[size]
     width = heads_size["width"]
     block = lambda name: ml_collections.ConfigDict({**_fields(ENCODERS[name]), **_SIZE_TABLES[name].SIZES[size]})
+    video = {"name": "vivit", **{name: block(name) for name in VIDEO_ENCODERS}}
+    if size == "tiny":  # 3x cheaper than joint attention on a CPU (fwd+bwd of 16 clips: 0.22 s vs 0.68 s)
+        video["vivit"].variant = "factorised_encoder"
     return ml_collections.ConfigDict({
         "dtype": "float32",
         "param_dtype": "float32",
         "embed_dim": heads_size["embed_dim"],
-        "video": {"name": "vivit", **{name: block(name) for name in VIDEO_ENCODERS}},
+        "video": video,
         "text": {"name": "bert", **{name: block(name) for name in TEXT_ENCODERS}},
         "audio": {"name": "audio_transformer", **{name: block(name) for name in AUDIO_ENCODERS}},
         "fusion": {"name": "cross_attention", "width": width, "depth": heads_size["depth"],
