@@ -81,3 +81,18 @@ def get_config(arg=None):
 
     config.losses = ml_collections.ConfigDict({"contrastive": 1.0, "vtm": 1.0, "mlm": 1.0, "mvm": 0.5})
     return config
+
+
+def finetune_config(arg, task, losses):
+    """The `arg` preset set up for finetuning on `task`: half the steps, the task's loss weights, warmup,
+    evaluation and checkpoints scaled to the shorter run, the best checkpoint by validation loss."""
+    config = get_config(arg)
+    steps = config.train.num_steps // 2
+    config.train.task = task
+    config.train.num_steps = steps
+    config.train.eval_every = steps // 2
+    config.losses = losses
+    config.optim.warmup_steps = max(1, steps // 20)
+    config.checkpoint.every_steps = max(1, steps // 2)
+    config.checkpoint.best_metric = f"validation/{task}/loss"
+    return config
