@@ -376,7 +376,7 @@ def subprocess_checks() -> dict:
     pool.shutdown()
     abstract = jax.eval_shape(init_fn(model), rngs(), batch)
     params = variables["params"]
-    fc1 = params["video_encoder"]["transformer"]["layer_0"]["mlp"]["fc1"]["kernel"]  # 64 x 256
+    fc1 = params["video_encoder"]["spatial_transformer"]["layer_0"]["mlp"]["fc1"]["kernel"]  # 64 x 256
     out["vlm"] = {
         "threefry_partitionable": bool(jax.config.jax_threefry_partitionable),
         "misplaced": _placed(variables, shardings),
