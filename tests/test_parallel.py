@@ -132,7 +132,7 @@ def test_rules_name_each_logical_axis_once_and_only_mesh_axes():
 # Every video encoder, every fusion, BoW text, audio off, the CNN2D temporal transformer and a scanned
 # factorised ViViT, so that every logical name in vlm_jax.models is exercised.
 VARIANTS = ([dict(video="vivit"), dict(video="cnn2d", temporal="transformer", fusion_name="concat_early"),
-             dict(video="i3d", fusion_name="none"), dict(video="cnn_rnn", fusion_name="co_attention"),
+             dict(video="i3d", fusion_name="dual"), dict(video="cnn_rnn", fusion_name="co_attention"),
              dict(video="single_frame", text="bow", audio=None, fusion_name="concat_late"),
              dict(video="vivit", variant="factorised_self_attention", scan=True)])
 assert {v.get("fusion_name", "cross_attention") for v in VARIANTS} == set(fusion.FUSIONS)

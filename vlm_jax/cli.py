@@ -131,6 +131,90 @@ def _train(args) -> None:
         print(f"wrote {args.workdir}/results.json, metrics.jsonl, config.json, checkpoints/, tensorboard/")
 
 
+def _inference_setup() -> None:
+    """Logging and the compile cache for commands that load a trained run."""
+    _compilation_cache()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _eval(args) -> None:
+    _inference_setup()
+    from vlm_jax.eval import evaluators, runner
+    tasks = [t for t in args.tasks.split(",") if t] if args.tasks else None
+    results = runner.evaluate(args.workdir, args.split or None, tasks, args.step, args.overrides)
+    print(evaluators.metrics_table(results))
+    print(f"merged into {args.workdir}/results.json")
+
+
+def _search_index(args) -> None:
+    _inference_setup()
+    from vlm_jax.apps import search
+    sources = args.source[0] if len(args.source) == 1 else args.source
+    print(json.dumps(search.build_index(args.workdir, sources, args.out, step=args.step, limit=args.limit), indent=2))
+
+
+def _search_query(args) -> None:
+    _inference_setup()
+    from vlm_jax.apps import search
+    searcher = search.Searcher(args.index)
+    hits = searcher.query(args.text, args.k, approximate=args.approximate)
+    if args.json:
+        print(json.dumps([{"rank": h.rank, "id": h.id, "score": h.score, **h.metadata} for h in hits], indent=2))
+    else:
+        print(f"query: {args.text}")
+        for hit in hits:
+            captions = hit.metadata.get("captions") or [hit.metadata.get("path", "")]
+            print(f"{hit.rank:>3}  {hit.score:6.3f}  {hit.id}  {captions[0]}")
+    if args.sheet:
+        searcher.contact_sheet(hits).save(args.sheet)
+        print(f"wrote {args.sheet}")
+
+
+def _recommend(args) -> None:
+    from vlm_jax.apps import recommend
+    from vlm_jax.apps.index import Index
+    index = Index.open(args.index)
+    history = [item.strip() for item in args.history.split(",") if item.strip()]
+    if not history:
+        raise UserError("--history names no items")
+    picks = recommend.recommend([index.position(item) for item in history], index.embeddings, args.k,
+                                mode=args.mode, mmr_lambda=args.mmr)
+    for rank, (position, score) in enumerate(picks, 1):
+        captions = index.metadata(position).get("captions") or [""]
+        print(f"{rank:>3}  {score:6.3f}  {index.ids[position]}  {captions[0]}")
+
+
+def _caption(args) -> None:
+    _inference_setup()
+    from vlm_jax.apps import predictor
+    model = predictor.Predictor.load(args.workdir, args.step)
+    source = predictor.referenced_clips(model.run, args.videos)
+    for clip, caption in model.captions(source.clips):
+        print(f"{clip.id}: {caption}")
+    _report_skipped(source)
+
+
+def _answer(args) -> None:
+    _inference_setup()
+    from vlm_jax.apps import predictor
+    model = predictor.Predictor.load(args.workdir, args.step)
+    source = predictor.referenced_clips(model.run, args.videos)
+    for clip, answers in model.answers(source.clips, args.question, top=args.top):
+        print(f"{clip.id}: " + ", ".join(f"{answer} ({p:.2f})" for answer, p in answers))
+    _report_skipped(source)
+
+
+def _report_skipped(source) -> None:
+    for path, reason in source.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+
+
+def _research(args) -> None:
+    from vlm_jax.apps import research
+    variants = [v for v in args.variants.split(",") if v] if args.variants else None
+    print(research.run(args.preset, args.out, variants, args.steps, args.overrides, args.table))
+
+
 def _bench(args) -> None:
     from vlm_jax import bench
     bench.run(quick=args.quick, out_dir=args.out, data_dir=args.data_dir)
@@ -167,6 +251,65 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--process_id", type=int, default=_env_int("JAX_PROCESS_ID"))
     train.add_argument("--init_timeout", type=int, default=300, help="seconds to wait for the other processes")
     train.set_defaults(func=_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a run's checkpoint; merges into its results.json")
+    evaluate.add_argument("--workdir", required=True)
+    evaluate.add_argument("--split", action="append", help="test, test_novel, validation (repeatable; default "
+                                                           "the run's eval.splits)")
+    evaluate.add_argument("--tasks", help="comma-separated: retrieval, qa, caption, recommend (default: the run's "
+                                          "task's)")
+    evaluate.add_argument("--step", type=int, help="checkpoint step (default the latest)")
+    evaluate.set_defaults(func=_eval, overrides=[])
+
+    search = commands.add_parser("search", help="text-to-video search over an index of embedded videos")
+    search_commands = search.add_subparsers(dest="search_command", required=True, parser_class=_Parser)
+    index = search_commands.add_parser("index", help="embed videos into an index (creates or appends)")
+    index.add_argument("--workdir", required=True, help="the trained run whose model embeds the videos")
+    index.add_argument("--source", required=True, nargs="+", help="a split of the run's data set, or video files "
+                                                                  "and folders")
+    index.add_argument("--out", required=True, help="index directory")
+    index.add_argument("--step", type=int, help="checkpoint step (default the latest)")
+    index.add_argument("--limit", type=int, default=0, help="at most this many clips of a split (0: all)")
+    index.set_defaults(func=_search_index)
+    query = search_commands.add_parser("query", help="the videos closest to a text")
+    query.add_argument("--index", required=True)
+    query.add_argument("text")
+    query.add_argument("-k", type=int, default=10)
+    query.add_argument("--approximate", action="store_true", help="jax.lax.approx_max_k instead of exact top-k")
+    query.add_argument("--sheet", help="write a contact sheet of the hits (PNG)")
+    query.add_argument("--json", action="store_true", help="print the hits as JSON")
+    query.set_defaults(func=_search_query)
+
+    recommend = commands.add_parser("recommend", help="videos like the ones in a viewing history")
+    recommend.add_argument("--index", required=True)
+    recommend.add_argument("--history", required=True, help="comma-separated ids of watched videos")
+    recommend.add_argument("-k", type=int, default=10)
+    recommend.add_argument("--mode", default="mean", help="mean, max or mean+max similarity to the history")
+    recommend.add_argument("--mmr", type=float, help="Maximal Marginal Relevance lambda (1: no diversity)")
+    recommend.set_defaults(func=_recommend)
+
+    caption = commands.add_parser("caption", help="caption videos with a trained run")
+    caption.add_argument("--workdir", required=True)
+    caption.add_argument("videos", nargs="+", help="video files or folders, or SPLIT:POSITION (test:0)")
+    caption.add_argument("--step", type=int)
+    caption.set_defaults(func=_caption)
+
+    answer = commands.add_parser("answer", help="answer a question about videos with a trained run")
+    answer.add_argument("--workdir", required=True)
+    answer.add_argument("videos", nargs="+", help="video files or folders, or SPLIT:POSITION (test:0)")
+    answer.add_argument("question")
+    answer.add_argument("--top", type=int, default=3, help="answers shown per video")
+    answer.add_argument("--step", type=int)
+    answer.set_defaults(func=_answer)
+
+    research = commands.add_parser("research", help="train every encoder / fusion / audio variant and tabulate "
+                                                    "retrieval, QA per type and CIDEr")
+    research.add_argument("--preset", default="small", help="tiny, small or base")
+    research.add_argument("--out", required=True, help="runs go to OUT/<variant>/{pretrain,qa,caption}")
+    research.add_argument("--variants", help="comma-separated subset (default all)")
+    research.add_argument("--steps", type=int, help="pretraining steps (finetuning: half); default the preset's")
+    research.add_argument("--table", help="also write the markdown table here")
+    research.set_defaults(func=_research, overrides=[])
 
     bench = commands.add_parser("bench", help="measure throughput side by side")
     bench.add_argument("--quick", action="store_true", help="seconds, for CI")

@@ -136,6 +136,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(config.train.task in TASKS, "train.task", f"must be one of {', '.join(TASKS)}", config.train.task)
     _check(config.train.batch_size > 0, "train.batch_size", "must be positive", config.train.batch_size)
     _check(config.train.num_steps >= 0, "train.num_steps", "must be >= 0", config.train.num_steps)
+    if config.model.fusion.name == "dual":  # a dual encoder: no fused tokens to match or to fill in
+        for loss in ("vtm", "mlm"):
+            _check(not config.losses.get(loss, 0.0), f"losses.{loss}", "must be 0 with model.fusion.name=dual",
+                   config.losses.get(loss))
     _check(len(config.mesh.shape) == len(config.mesh.axes), "mesh.shape", "must have one entry per mesh.axes",
            config.mesh.shape)
     _check(list(config.mesh.shape).count(-1) <= 1, "mesh.shape", "may hold at most one -1", config.mesh.shape)

@@ -1,4 +1,4 @@
-"""Retrieval ranks, recall@K and accuracy on hand-computed cases."""
+"""Retrieval ranks, recall@K, accuracy and classification precision/recall/F1 on hand-computed cases."""
 
 import numpy as np
 import pytest
@@ -49,3 +49,34 @@ def test_accuracy():
     assert metrics.accuracy(np.array([1, 2, 3, 4]), np.array([1, 2, 0, 0])) == 50.0
     with pytest.raises(ValueError):
         metrics.accuracy(np.array([1]), np.array([1, 2]))
+
+
+def test_classification_metrics_macro_over_classes_in_labels_or_predictions():
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    predictions = np.array([0, 1, 1, 1, 0, 3])
+    # class 0: 1 of 2 predicted right, 1 of 2 found -> P 50, R 50, F1 50
+    # class 1: 2 of 3 predicted right, 2 of 2 found -> P 66.7, R 100, F1 2*2/(3+2) = 80
+    # class 2: never predicted -> P 0 (undefined), R 0, F1 0; class 3: never a label -> P 0, R 0 (undefined), F1 0
+    out = metrics.classification_metrics(predictions, labels)
+    assert out["acc"] == 50.0
+    assert out["precision_macro"] == pytest.approx((50 + 200 / 3) / 4)
+    assert out["recall_macro"] == pytest.approx((50 + 100) / 4)
+    assert out["f1_macro"] == pytest.approx((50 + 80) / 4)
+    assert out["f1_1"] == pytest.approx(80.0) and out["precision_1"] == pytest.approx(200 / 3)
+    assert out["recall_2"] == 0.0 and out["precision_3"] == 0.0
+    # a class in neither labels nor predictions is left out of the means
+    named = metrics.classification_metrics(predictions, labels, class_names=["walk", "run", "jump", "sit", "swim"])
+    assert named["f1_macro"] == out["f1_macro"] and named["f1_run"] == out["f1_1"] and "f1_swim" not in named
+    assert set(named) == {"acc"} | {f"{m}_{n}" for m in ("precision", "recall", "f1")
+                                    for n in ("macro", "walk", "run", "jump", "sit")}
+
+
+def test_classification_metrics_perfect_and_invalid():
+    perfect = metrics.classification_metrics(np.array([2, 0, 1]), np.array([2, 0, 1]), num_classes=3)
+    assert all(v == 100.0 for v in perfect.values())
+    with pytest.raises(ValueError):  # 3 is not a class when there are 3
+        metrics.classification_metrics(np.array([3, 0]), np.array([0, 0]), num_classes=3)
+    with pytest.raises(ValueError):
+        metrics.classification_metrics(np.array([0]), np.array([0]), num_classes=3, class_names=["a", "b"])
+    with pytest.raises(ValueError):
+        metrics.classification_metrics(np.array([0, 1]), np.array([0]))

@@ -80,7 +80,7 @@ def test_every_combination_builds_forward_and_backward(video, text, audio, fusio
 # slowest to compile, runs for real in its own tests, batch statistics included.)
 EXECUTED = [("vivit", "bert", "audio_transformer", "cross_attention"), ("cnn2d", "bow", None, "concat_late"),
             ("cnn2d", "bert", "audio_transformer", "co_attention"),
-            ("cnn_rnn", "bow", "audio_transformer", "concat_early"), ("single_frame", "bert", None, "none")]
+            ("cnn_rnn", "bow", "audio_transformer", "concat_early"), ("single_frame", "bert", None, "dual")]
 
 
 @pytest.mark.parametrize("video, text, audio, fusion_name", EXECUTED, ids=lambda v: str(v))
@@ -102,7 +102,7 @@ def test_runs_forward_and_backward(video, text, audio, fusion_name):
 
 def test_retrieval_embeddings_do_not_depend_on_the_other_modality():
     """Dual-encoder embeddings: the video embedding is a function of the video alone, and vice versa."""
-    model, batch = make_model("cnn2d", "bow", None, "none"), make_batch()
+    model, batch = make_model("cnn2d", "bow", None, "dual"), make_batch()
     variables = model.init(RNGS, **batch)
     encode = jax.jit(lambda b: model.apply(variables, **b))
     other = make_batch(seed=1)

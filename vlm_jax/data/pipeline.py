@@ -102,12 +102,13 @@ def shard(ds: grain.MapDataset, shard_index: int, shard_count: int) -> grain.Map
 # ----------------------------------------------------------------------------- per-example transforms
 
 
-def _text(value) -> str:
+def text(value) -> str:
+    """A TFDS text feature (bytes) as str."""
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
 
-def _texts(values) -> list[str]:
-    return [_text(v) for v in values]
+def texts(values) -> list[str]:
+    return [text(v) for v in values]
 
 
 def _resize(video: np.ndarray, size: int) -> np.ndarray:
@@ -135,7 +136,7 @@ class Transform:
         frames = video_io.sample_frame_indices(video.shape[0], spec.num_frames, mode, rng)
         video = video[frames]
         boxes = example["boxes"][frames] if "boxes" in example else None
-        text = {k: _texts(example[k]) for k in
+        strings = {k: texts(example[k]) for k in
                 ("captions", "hard_negatives", "hard_negative_kinds", "questions", "answers", "question_types",
                  "choices")}
         if rng is not None and spec.min_crop_scale < 1.0:
@@ -146,7 +147,7 @@ class Transform:
             if boxes is not None:
                 boxes = np.stack([boxes[..., 0], 1 - boxes[..., 3], boxes[..., 2], 1 - boxes[..., 1]], axis=-1)
             for key in ("captions", "hard_negatives", "questions", "answers", "choices"):
-                text[key] = [_swap_sides(t) for t in text[key]]
+                strings[key] = [_swap_sides(t) for t in strings[key]]
         out = {
             "video": np.ascontiguousarray(video),
             "audio": example["audio"].astype(np.float32) / 32768.0,
@@ -154,8 +155,8 @@ class Transform:
         }
         if boxes is not None:
             out["boxes"] = boxes.astype(np.float32)
-        out.update(self._captions(text, rng))
-        out.update(self._questions(text, rng))
+        out.update(self._captions(strings, rng))
+        out.update(self._questions(strings, rng))
         return out
 
     def _captions(self, text: dict, rng) -> dict:
@@ -226,7 +227,8 @@ def _random_crop(video, boxes, rng, min_scale):
 # ----------------------------------------------------------------------------- datasets
 
 
-def _open(spec: Spec, split: str):
+def open_split(spec: Spec, split: str):
+    """(the prepared data set, a random-access source over `split`), or a one-line error naming the splits."""
     dataset = builders.open_dataset(spec.dataset_path)
     if split not in dataset.info.splits:
         raise UserError(f"split {split!r} not in the data set at {spec.dataset_path}; "
@@ -244,7 +246,7 @@ def train_dataset(spec: Spec, split: str = "train", num_epochs: int | None = Non
     i*b ... (i+1)*b - 1, which is how `parallel.to_global` assembles them. Each process reads and
     decodes only its own chunks (grain's datasets are lazy and indexable).
     """
-    dataset, source = _open(spec, split)
+    dataset, source = open_split(spec, split)
     if len(source) < spec.batch_size * spec.shard_count:
         raise UserError(f"the {split} split has {len(source)} clips, fewer than one global batch "
                         f"({spec.batch_size * spec.shard_count}); lower train.batch_size")
@@ -259,12 +261,29 @@ def train_dataset(spec: Spec, split: str = "train", num_epochs: int | None = Non
 
 def eval_dataset(spec: Spec, split: str) -> grain.IterDataset:
     """One pass over this process's shard in order, every caption and question, padded to full batches."""
-    dataset, source = _open(spec, split)
+    dataset, source = open_split(spec, split)
     ds = (shard(_indexed(source), spec.shard_index, spec.shard_count)
           .map(_Eval(Transform(spec, Vocabulary.of(dataset))))
           .batch(spec.batch_size, drop_remainder=False)
           .map(functools.partial(pad_batch, size=spec.batch_size)))
     return _finish(ds, spec)
+
+
+ATTRIBUTE_FEATURES = {"colour": "object_colours", "shape": "object_shapes", "motion": "object_motions",
+                      "size": "object_sizes", "sound": "sound"}
+
+
+def clip_attributes(spec: Spec, split: str) -> list[dict[str, list[str]]] | None:
+    """Each clip's ground-truth attributes by kind ({"colour": ["red", ...], "sound": ["clicks"], ...}), in
+    split order; None when the data set has none (only moving_shapes describes its scenes)."""
+    dataset, source = open_split(spec, split)
+    if not set(ATTRIBUTE_FEATURES.values()) <= set(dataset.info.features):
+        return None
+    out = []
+    for index in range(len(source)):
+        example = source[index]
+        out.append({kind: texts(np.atleast_1d(example[feature])) for kind, feature in ATTRIBUTE_FEATURES.items()})
+    return out
 
 
 def _indexed(source) -> grain.MapDataset:

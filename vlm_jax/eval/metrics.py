@@ -1,4 +1,5 @@
-"""Pure metric functions on numpy arrays (no JAX, no model): retrieval ranks and recall@K, accuracy.
+"""Pure metric functions on numpy arrays (no JAX, no model): retrieval ranks and recall@K, accuracy,
+classification precision/recall/F1.
 
 Percentages are 0 to 100, as results.json reports them.
 """
@@ -56,3 +57,39 @@ def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
     if predictions.shape != labels.shape:
         raise ValueError(f"shapes differ: {predictions.shape} vs {labels.shape}")
     return 100.0 * float(np.mean(predictions == labels)) if labels.size else float("nan")
+
+
+def classification_metrics(predictions: np.ndarray, labels: np.ndarray, num_classes: int | None = None,
+                           class_names: Sequence[str] | None = None) -> dict[str, float]:
+    """`acc`, then precision, recall and F1 macro-averaged (`f1_macro`) and per class (`f1_<name>`).
+
+    The macro mean is over the classes in `labels` or `predictions`, sklearn's default, so the numbers equal
+    `precision_recall_fscore_support(average='macro', zero_division=0)`: a class in neither has no defined
+    score and would only pull the mean towards 0. An undefined precision or recall (no predictions or no
+    labels of a class) counts as 0.
+
+    Values are class indices, named by `class_names` where given (any values otherwise, named as they
+    print). `num_classes` (default: len(class_names)) checks that they lie in [0, num_classes).
+    """
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    out = {"acc": accuracy(predictions, labels)}
+    if class_names is not None:
+        num_classes = len(class_names) if num_classes is None else num_classes
+        if len(class_names) != num_classes or len(set(class_names)) != num_classes:
+            raise ValueError(f"need {num_classes} distinct class names, got {list(class_names)}")
+    classes = np.union1d(labels, predictions)
+    if num_classes is not None and classes.size and (classes[0] < 0 or classes[-1] >= num_classes):
+        raise ValueError(f"classes must lie in [0, {num_classes}), got {classes[0]} to {classes[-1]}")
+    scores: dict[str, dict] = {"precision": {}, "recall": {}, "f1": {}}  # metric -> class name -> percent
+    for c in classes:
+        name = class_names[c] if class_names is not None else c
+        true_positives = np.sum((predictions == c) & (labels == c))
+        predicted, actual = np.sum(predictions == c), np.sum(labels == c)  # not both 0: c occurs
+        scores["precision"][name] = 100.0 * float(true_positives / predicted) if predicted else 0.0
+        scores["recall"][name] = 100.0 * float(true_positives / actual) if actual else 0.0
+        scores["f1"][name] = 100.0 * float(2 * true_positives / (predicted + actual))
+    for metric, by_class in scores.items():
+        out[f"{metric}_macro"] = float(np.mean(list(by_class.values()))) if by_class else float("nan")
+    for metric, by_class in scores.items():
+        out.update({f"{metric}_{name}": v for name, v in by_class.items()})
+    return out

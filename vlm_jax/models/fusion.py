@@ -6,7 +6,7 @@ returns `Fused`: tokens aligned with the TEXT positions (the MLM head reads them
 vector (VTM and QA read it). All modules share one field set, so the single config block
 `model.fusion` configures any of them; `FUSIONS` maps `model.fusion.name` to the module.
 
-- `none`: a dual encoder; no cross-modal interaction at all.
+- `dual`: a dual encoder; no cross-modal interaction at all.
 - `concat_late`: pooled vectors meet in an MLP; tokens see no other modality.
 - `concat_early`: one joint transformer over [CLS, text, video, audio] tokens.
 - `cross_attention`: text tokens attend to video (+ audio) tokens (ALPRO / BLIP).
@@ -72,7 +72,7 @@ class _Fusion(nn.Module):
         return layer_norm(dtype=self.dtype, param_dtype=self.param_dtype, name=name)
 
 
-class NoFusion(_Fusion):
+class DualEncoder(_Fusion):
     """A dual encoder: pooled = LayerNorm(product of the projected pooled vectors), tokens = projected text.
 
     The elementwise product is the cheapest late interaction that still lets a QA head condition on
@@ -174,7 +174,7 @@ class CoAttention(_Fusion):
 
 
 FUSIONS: dict[str, type[_Fusion]] = {
-    "none": NoFusion,
+    "dual": DualEncoder,
     "concat_late": ConcatLate,
     "concat_early": ConcatEarly,
     "cross_attention": CrossAttentionFusion,

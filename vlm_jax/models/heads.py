@@ -27,7 +27,8 @@ class ContrastiveHead(nn.Module):
     """CLIP-style projections of pooled video and text into one unit-norm space, with a learned scale.
 
     The scale is stored as a log (init log(1/temperature)) and clipped at `max_scale` when used, as CLIP
-    does, so it cannot grow until the softmax saturates. Returns float32 (video_emb, text_emb, scale).
+    does, so it cannot grow until the softmax saturates. `__call__` returns float32 (video_emb, text_emb,
+    scale); `embed_video` / `embed_text` project one side alone (search indexes and queries).
     """
     embed_dim: int = 256
     temperature: float = 0.07
@@ -35,15 +36,22 @@ class ContrastiveHead(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, video_pooled: jax.Array, text_pooled: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def setup(self):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, use_bias=False)
-        video = dense(self.embed_dim, ("mlp", "embed"), name="video_projection", **kw)(video_pooled)
-        text = dense(self.embed_dim, ("mlp", "embed"), name="text_projection", **kw)(text_pooled)
-        log_scale = self.param("log_scale", logical(nn.initializers.constant(math.log(1 / self.temperature)), ()),
-                               (), self.param_dtype)
-        scale = jnp.exp(jnp.minimum(log_scale.astype(jnp.float32), math.log(self.max_scale)))
-        return l2_normalize(video), l2_normalize(text), scale
+        self.video_projection = dense(self.embed_dim, ("mlp", "embed"), **kw)
+        self.text_projection = dense(self.embed_dim, ("mlp", "embed"), **kw)
+        self.log_scale = self.param("log_scale", logical(nn.initializers.constant(math.log(1 / self.temperature)),
+                                                         ()), (), self.param_dtype)
+
+    def embed_video(self, video_pooled: jax.Array) -> jax.Array:
+        return l2_normalize(self.video_projection(video_pooled))
+
+    def embed_text(self, text_pooled: jax.Array) -> jax.Array:
+        return l2_normalize(self.text_projection(text_pooled))
+
+    def __call__(self, video_pooled: jax.Array, text_pooled: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        scale = jnp.exp(jnp.minimum(self.log_scale.astype(jnp.float32), math.log(self.max_scale)))
+        return self.embed_video(video_pooled), self.embed_text(text_pooled), scale
 
 
 class MatchingHead(nn.Module):

@@ -80,6 +80,13 @@ def _kwargs(block: Any) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in dict(block).items()}
 
 
+def caption_decoder(config: ml_collections.FrozenConfigDict, decode: bool = False) -> heads.CaptionDecoder:
+    """The caption decoder the `model` block describes; `decode=True` is the KV-cached copy for generation,
+    which runs on the same params (`params["caption_decoder"]`)."""
+    return heads.CaptionDecoder(**_kwargs(config.caption), decode=decode, dtype=jnp.dtype(config.dtype),
+                                param_dtype=jnp.dtype(config.param_dtype))
+
+
 class VLM(nn.Module):
     """Towers + fusion + heads. `config` is the (frozen) `model` block; `num_answers` comes from the data."""
     config: ml_collections.FrozenConfigDict
@@ -100,7 +107,7 @@ class VLM(nn.Module):
         mvm = _kwargs(cfg.mvm)
         self.mvm_head = heads.MvmHead(width=mvm["width"], depth=mvm["depth"], num_heads=mvm["num_heads"],
                                       mlp_dim=mvm["mlp_dim"], target_dim=math.prod(mvm["tubelet"]) * 3, **kw)
-        self.caption_decoder = heads.CaptionDecoder(**_kwargs(cfg.caption), **kw)
+        self.caption_decoder = caption_decoder(cfg)
         self.qa_head = heads.QaHead(num_answers=self.num_answers, **_kwargs(cfg.qa), **kw)
 
     # ------------------------------------------------------------------ towers
@@ -124,6 +131,14 @@ class VLM(nn.Module):
     def embed(self, video: Encoded, text: Encoded) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Unit-norm retrieval embeddings of both towers and the contrastive logit scale."""
         return self.contrastive(video.pooled, text.pooled)
+
+    def embed_video(self, video: Encoded) -> jax.Array:
+        """The unit-norm retrieval embedding of the video tower's output alone (search index entries)."""
+        return self.contrastive.embed_video(video.pooled)
+
+    def embed_text(self, text: Encoded) -> jax.Array:
+        """The unit-norm retrieval embedding of the text tower's output alone (search queries)."""
+        return self.contrastive.embed_text(text.pooled)
 
     def fuse(self, video: Encoded, audio: Encoded | None, text: Encoded, *, train: bool = False) -> fusion.Fused:
         return self.fusion(video, text, audio, train=train)

@@ -1,0 +1,123 @@
+"""The research table: what temporal modelling, audio and attention fusion are worth, measured.
+
+For each variant (video encoder, fusion, audio on/off) it pretrains on moving_shapes, finetunes QA and
+captioning from that pretraining, and tabulates text-to-video R@1, QA accuracy per question type and
+CIDEr on test and test_novel:
+
+    vlm research --preset small --out runs/research --table docs/research_table.md
+
+Every run is a separate `vlm train` process in `OUT/<variant>/{pretrain,qa,caption}`; a finished run
+(results.json present) is skipped and an interrupted one resumes from its checkpoint, so the table can
+be built over several sessions. A variant whose run fails is reported as failed, and the others go on.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from vlm_jax.errors import UserError
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+# name: (model overrides for every run, extra overrides for pretraining only)
+VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "vivit_joint": (("model.video.name=vivit", "model.video.vivit.variant=joint"), ()),
+    "vivit_factorised": (("model.video.name=vivit", "model.video.vivit.variant=factorised_encoder"), ()),
+    "cnn2d": (("model.video.name=cnn2d",), ()),
+    "i3d": (("model.video.name=i3d",), ()),
+    "cnn_rnn": (("model.video.name=cnn_rnn",), ()),
+    "single_frame": (("model.video.name=single_frame",), ()),
+    # fusion and audio variants keep the preset's video encoder (ViViT, factorised at tiny)
+    "fusion_dual": (("model.fusion.name=dual",), ("losses.vtm=0", "losses.mlm=0")),
+    "fusion_concat": (("model.fusion.name=concat_early",), ()),
+    "fusion_cross_attention": (("model.fusion.name=cross_attention",), ()),
+    "no_audio": (("model.audio.name=None",), ()),
+}
+STAGES = ("pretrain", "qa", "caption")
+QA_TYPES = ("direction", "order", "sound", "colour", "shape", "count", "yesno")
+SPLITS = ("test", "test_novel")
+
+
+def _train_args(stage: str, preset: str, workdir: Path, pretrain_dir: Path, overrides: Sequence[str]) -> list[str]:
+    config = {"pretrain": "pretrain.py", "qa": "finetune_qa.py", "caption": "finetune_caption.py"}[stage]
+    args = ["train", "--config", f"{CONFIGS / config}:{preset}", "--workdir", str(workdir)]
+    if stage != "pretrain":
+        args.append(f"--config.init_from.workdir={pretrain_dir}")
+    return args + [f"--config.{o}" for o in overrides]
+
+
+def run_variant(name: str, preset: str, out: Path, steps: int | None, extra: Sequence[str], log) -> dict[str, str]:
+    """Train the variant's three stages (skipping finished ones); returns {stage: "ok" | failure reason}."""
+    model, pretrain_only = VARIANTS[name]
+    status = {}
+    for stage in STAGES:
+        workdir = out / name / stage
+        if (workdir / "results.json").is_file():
+            status[stage] = "ok"
+            continue
+        if stage != "pretrain" and status.get("pretrain") != "ok":
+            status[stage] = "skipped: pretraining failed"
+            continue
+        overrides = list(model) + list(extra)
+        if stage == "pretrain":
+            overrides += list(pretrain_only)
+        if steps:
+            overrides.append(f"train.num_steps={steps if stage == 'pretrain' else max(1, steps // 2)}")
+        args = _train_args(stage, preset, workdir, out / name / "pretrain", overrides)
+        workdir.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        log(f"{name}/{stage}: vlm {' '.join(args)}")
+        with open(workdir / "train.log", "a") as output:
+            code = subprocess.call([sys.executable, "-m", "vlm_jax", *args], stdout=output, stderr=subprocess.STDOUT)
+        log(f"{name}/{stage}: exit {code} after {time.perf_counter() - start:.0f} s")
+        status[stage] = "ok" if code == 0 else f"failed (exit {code}, see {workdir / 'train.log'})"
+    return status
+
+
+def _results(out: Path, name: str, stage: str) -> dict[str, float]:
+    path = out / name / stage / "results.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def table(out: Path, names: Sequence[str]) -> str:
+    """The markdown table of every variant's finished runs (a dash where a run is missing)."""
+    header = ["variant"]
+    for split in SPLITS:
+        header += [f"{split} t2v R@1", f"{split} QA acc"] + [f"{split} {t}" for t in QA_TYPES] + [f"{split} CIDEr"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name in names:
+        pretrain, qa, caption = (_results(out, name, stage) for stage in STAGES)
+        cells = [name]
+        for split in SPLITS:
+            keys = [(pretrain, f"{split}/retrieval/t2v_R@1"), (qa, f"{split}/qa/acc")]
+            keys += [(qa, f"{split}/qa/acc_{t}") for t in QA_TYPES] + [(caption, f"{split}/caption/CIDEr")]
+            cells += [f"{results[key]:.1f}" if key in results else "-" for results, key in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run(preset: str, out: str | Path, variants: Sequence[str] | None = None, steps: int | None = None,
+        extra: Sequence[str] = (), table_path: str | Path | None = None) -> str:
+    """Train every variant (or `variants`) and return (and write to `table_path`) the markdown table."""
+    names = list(variants or VARIANTS)
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise UserError(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = lambda message: print(message, file=sys.stderr, flush=True)
+    statuses = {name: run_variant(name, preset, out, steps, extra, log) for name in names}
+    (out / "status.json").write_text(json.dumps(statuses, indent=2) + "\n")
+    markdown = table(out, names)
+    if table_path:
+        Path(table_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(table_path).write_text(markdown + "\n")
+    failed = {f"{n}/{s}": why for n, st in statuses.items() for s, why in st.items() if why != "ok"}
+    for run_name, why in failed.items():
+        log(f"{run_name}: {why}")
+    return markdown
