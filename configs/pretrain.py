@@ -7,6 +7,7 @@ The finetuning configs (`finetune_*.py`) start from this one and change the task
 import ml_collections
 
 from vlm_jax import parallel
+from vlm_jax.eval import evaluators
 from vlm_jax.models import vlm
 from vlm_jax.train import checkpoint, optim
 
@@ -53,13 +54,7 @@ def get_config(arg=None):
     config.train.mlm_ratio = 0.15
     config.train.caption_label_smoothing = 0.1
 
-    config.eval = ml_collections.ConfigDict()
-    config.eval.splits = ("test", "test_novel")  # evaluated at the end into results.json
-    config.eval.max_batches = 0  # per evaluation and split; 0: the whole split
-    config.eval.rerank_k = 0  # retrieval: re-rank each text's top k videos by the matching (VTM) head; 0: off
-    # captioning: beam search over the KV cache (beam_size 1 is greedy), GNMT length penalty alpha
-    config.eval.caption = ml_collections.ConfigDict({"beam_size": 3, "alpha": 0.6, "max_len": 24})
-    config.eval.recommend_users = 200  # simulated moving_shapes users for recommendation hit-rate / nDCG
+    config.eval = evaluators.default_eval_config()  # splits, max_batches, rerank_k, caption decoding, ...
 
     config.optim = optim.default_optim_config()
     config.optim.learning_rate = learning_rate

@@ -197,6 +197,7 @@ def _caption(args) -> None:
 def _answer(args) -> None:
     _inference_setup()
     from vlm_jax.apps import predictor
+    predictor.check_question(args.question)  # before the model loads
     model = predictor.Predictor.load(args.workdir, args.step)
     source = predictor.referenced_clips(model.run, args.videos)
     for clip, answers in model.answers(source.clips, args.question, top=args.top):

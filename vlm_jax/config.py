@@ -158,6 +158,16 @@ def write(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path
     return path
 
 
+def add_missing(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict) -> None:
+    """Give `config` every key of `defaults` it lacks (recursively), e.g. a block's keys added to the code
+    after an older run wrote its config.json."""
+    for key, value in defaults.items():
+        if key not in config:
+            config[key] = value
+        elif isinstance(value, ml_collections.ConfigDict) and isinstance(config[key], ml_collections.ConfigDict):
+            add_missing(config[key], value)
+
+
 def from_json(path: str | os.PathLike) -> ml_collections.ConfigDict:
     """A config written by `write`, as a ConfigDict again (tuples come back as lists)."""
     path = Path(path)

@@ -70,6 +70,18 @@ def test_a_beam_as_wide_as_the_search_space_finds_the_best_sequence(alpha):
         np.testing.assert_allclose(score, expected_score, rtol=1e-5)
 
 
+def test_min_len_holds_back_the_end_token():
+    """With the end token made the likeliest first word, sequences still carry min_len tokens before it."""
+    boosted = jnp.zeros(VOCAB).at[EOS].set(20.0)
+    step = lambda tokens, cache: (lambda out: (out[0] + boosted, out[1]))(toy_step(tokens, cache))
+    cache = {"cached_key": jnp.zeros((2 * 3, MAX_LEN, 1, 1)), "cache_index": jnp.array(0)}
+    for min_len in (0, 2):
+        tokens, _ = decoding.beam_search(step, cache, 2, max_len=MAX_LEN, beam_size=3, min_len=min_len, bos_id=BOS,
+                                         eos_id=EOS, banned_ids=(BOS,))
+        ends = [list(row).index(EOS) for row in np.asarray(tokens)]
+        assert ends == [min_len + 1] * 2  # [BOS], min_len tokens, then the end token
+
+
 def test_greedy_is_beam_size_one():
     tokens, _ = run_toy(beam_size=1, alpha=0.6)
     seq = [BOS]

@@ -33,7 +33,6 @@ batches independent of the process count) differed by 0.3 at step 1.
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import functools
 import json
 import math

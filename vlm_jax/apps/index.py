@@ -108,7 +108,8 @@ class Index:
             raise UserError(f"no index at {path} (missing {_INFO}); create one first")
         try:
             info = json.loads((path / _INFO).read_text())
-            count, dim = int(info["count"]), int(info["dim"])
+            count = int(info["count"])
+            int(info["dim"])  # present and an integer
             version = info["format_version"]
             if not isinstance(info["model"], dict):
                 raise TypeError("model is not an object")

@@ -54,7 +54,7 @@ class Predictor:
         caption = run.config.eval.caption
         self._caption = jax.jit(lambda video, audio: decoding.generate_captions(
             model, variables, video, audio, max_len=int(caption.max_len), beam_size=int(caption.beam_size),
-            alpha=float(caption.alpha)))
+            alpha=float(caption.alpha), min_len=int(caption.min_len)))
 
     @classmethod
     def load(cls, workdir: str | Path, step: int | None = None) -> "Predictor":
@@ -120,8 +120,7 @@ class Predictor:
 
     def answers(self, clips: Iterable[Clip], question: str, top: int = 3) -> list[tuple[Clip, list[tuple[str, float]]]]:
         """The `top` most probable answers (from the data set's answer vocabulary) to one question per clip."""
-        if not question.strip():
-            raise UserError("the question is empty")
+        check_question(question)
         names = self.run.vocabulary.answers
         ids, mask = tokenizer.encode([question] * self.batch_size, int(self.run.config.data.max_text_len))
         out = []
@@ -144,6 +143,11 @@ def _embed_texts(vlm, ids: jax.Array, mask: jax.Array) -> jax.Array:
 def _answer_probabilities(vlm, video: jax.Array, audio: jax.Array, ids: jax.Array, mask: jax.Array) -> jax.Array:
     encoded, sound = vlm.encode_video(video, audio)
     return jax.nn.softmax(vlm.answer(vlm.fuse(encoded, sound, vlm.encode_text(ids, mask))).astype(jnp.float32))
+
+
+def check_question(question: str) -> None:
+    if not question.strip():
+        raise UserError("the question is empty")
 
 
 # ---------------------------------------------------------------------- clip sources
@@ -210,29 +214,28 @@ def file_clips(run: Run, paths: Sequence[str | Path]) -> ClipSource:
 
 
 def referenced_clips(run: Run, refs: Sequence[str]) -> ClipSource:
-    """Clips named on a command line: video files or folders, or `SPLIT:POSITION` of the run's data set
-    (`test:0` is the first test clip)."""
-    dataset_refs = [ref for ref in refs if not Path(ref).exists()]
-    if not dataset_refs:
-        return file_clips(run, refs)
-    if len(dataset_refs) < len(refs):
-        raise UserError("give either video files and folders or SPLIT:POSITION clips, not both")
-    chosen: list[tuple[str, int]] = []
-    for ref in dataset_refs:
+    """Clips named on a command line, in order: video files or folders, or `SPLIT:POSITION` of the run's
+    data set (`test:0` is the first test clip). Bad references fail before any model work."""
+    parts: list[ClipSource] = []
+    for ref in refs:
+        if Path(ref).exists():
+            parts.append(file_clips(run, [ref]))
+            continue
         split, _, position = ref.rpartition(":")
         if not split or not position.isdigit():
             raise UserError(f"{ref!r} is neither a video file or folder nor SPLIT:POSITION (e.g. test:0)")
-        chosen.append((split, int(position)))
+        _, source = pipeline.open_split(run.spec, split)
+        if int(position) >= len(source):
+            raise UserError(f"{ref} is past the end of the {split} split ({len(source)} clips)")
+        parts.append(dataset_clips(run, split, limit=int(position) + 1, start=int(position)))
+    combined = ClipSource(sum(p.count for p in parts), iter(()))
 
     def clips() -> Iterator[Clip]:
-        for split, position in chosen:
-            source = dataset_clips(run, split, limit=position + 1, start=position)
-            yield from source.clips
-    for split, position in chosen:  # fail before any model work on a bad reference
-        _, source = pipeline.open_split(run.spec, split)
-        if position >= len(source):
-            raise UserError(f"{split}:{position} is past the end of the {split} split ({len(source)} clips)")
-    return ClipSource(len(chosen), clips())
+        for part in parts:
+            yield from part.clips
+            combined.skipped.extend(part.skipped)
+    combined.clips = clips()
+    return combined
 
 
 def clip_source(run: Run, source: str | Sequence[str], limit: int = 0) -> ClipSource:

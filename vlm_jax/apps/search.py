@@ -10,6 +10,7 @@ adding videos with a different one is refused (the embedding spaces would not ma
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Sequence
 
@@ -89,10 +90,13 @@ class Searcher:
         self.index = Index.open(index_path)
         if not len(self.index):
             raise UserError(f"the index at {index_path} is empty")
-        model = self.index.model
-        if "workdir" not in model:
+        if "workdir" not in self.index.model:
             raise UserError(f"the index at {index_path} does not name the run that embedded it")
-        self.predictor = predictor_lib.Predictor.load(model["workdir"], model.get("step"))
+
+    @functools.cached_property
+    def predictor(self) -> predictor_lib.Predictor:
+        """The embedding model, loaded at the first query (a bad query fails without loading it)."""
+        return predictor_lib.Predictor.load(self.index.model["workdir"], self.index.model.get("step"))
 
     def query(self, text: str, k: int = 10, *, approximate: bool = False) -> list[Hit]:
         """The k videos closest to `text` (best first)."""

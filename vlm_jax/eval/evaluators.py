@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from vlm_jax.apps import recommend
@@ -202,7 +203,7 @@ class CaptionEvaluator(_Evaluator):
         cfg = self.run.config.eval.caption
         tokens, _ = decoding.generate_captions(self.run.model, state.variables(), batch["video"], batch.get("audio"),
                                                max_len=int(cfg.max_len), beam_size=int(cfg.beam_size),
-                                               alpha=float(cfg.alpha))
+                                               alpha=float(cfg.alpha), min_len=int(cfg.min_len))
         return {"tokens": tokens, "captions": batch["captions"], "caption_valid": batch["caption_valid"],
                 "valid": batch["valid"]}
 
@@ -244,6 +245,20 @@ class RecommendEvaluator(_Evaluator):
         scores.update({f"random_{k}": v for k, v in recommend.random_baseline(users, len(embeddings), k=10,
                                                                                 seed=0).items() if k != "num_users"})
         return {f"recommend/{k}": v for k, v in scores.items()}
+
+
+def default_eval_config() -> ml_collections.ConfigDict:
+    """The `eval` block: what every evaluator reads. Runs written before a key existed get its default
+    here when they are evaluated again (`runner.load_run`)."""
+    return ml_collections.ConfigDict({
+        "splits": ("test", "test_novel"),  # evaluated at the end of training into results.json
+        "max_batches": 0,  # per evaluation and split; 0: the whole split
+        "rerank_k": 0,  # retrieval: re-rank each text's top k videos by the matching (VTM) head; 0: off
+        # captioning: beam search over the KV cache (beam_size 1 is greedy), GNMT length penalty alpha, at
+        # least min_len tokens (BLIP's min_length), at most max_len tokens with [CLS]
+        "caption": {"beam_size": 3, "alpha": 0.6, "min_len": 4, "max_len": 32},
+        "recommend_users": 200,  # simulated users for recommendation hit-rate / nDCG
+    })
 
 
 EVALUATORS: dict[str, Callable[[Run], Any]] = {

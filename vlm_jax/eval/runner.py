@@ -29,7 +29,11 @@ def load_run(workdir: str | Path, step: int | None = None, overrides: Iterable[s
     workdir = Path(workdir)
     if not (workdir / "config.json").is_file():
         raise UserError(f"{workdir} is not a run directory (no config.json)")
-    config = config_lib.load(str(workdir / "config.json"), overrides)
+    config = config_lib.load(str(workdir / "config.json"))
+    config_lib.add_missing(config.eval, evaluators_lib.default_eval_config())
+    for override in overrides:
+        config_lib.apply_override(config, override)
+    config_lib.validate(config)
     ensure_data(config)
     run = Run(config)
     checkpointer = checkpoint_lib.Checkpointer(workdir, async_save=False)

@@ -48,16 +48,18 @@ def _gather_beams(tree, beam_index: jax.Array, batch: int, beams: int):
 
 
 def beam_search(step: Callable, cache, batch: int, *, max_len: int, beam_size: int = 1, alpha: float = 0.6,
-                bos_id: int = tokenizer.CLS_ID, eos_id: int = tokenizer.SEP_ID,
+                min_len: int = 0, bos_id: int = tokenizer.CLS_ID, eos_id: int = tokenizer.SEP_ID,
                 banned_ids: tuple[int, ...] = BANNED_IDS) -> tuple[jax.Array, jax.Array]:
     """The best sequence per example and its length-normalised log-probability.
 
     step(tokens [B*K, 1], cache) -> (logits [B*K, 1, V], cache); `cache` is sized for B*K rows and max_len
-    positions. Returns tokens [B, max_len] ([CLS] ... [SEP] then padding 0, or cut at max_len without [SEP])
+    positions. `min_len` tokens come before the end token at the least (BLIP's min_length: an
+    undertrained decoder otherwise ends at once, since one end token outscores any longer guess). Returns tokens [B, max_len] ([CLS] ... [SEP] then padding 0, or cut at max_len without [SEP])
     and scores [B].
     """
-    if max_len < 2 or beam_size < 1:
-        raise ValueError(f"need max_len >= 2 and beam_size >= 1, got {max_len} and {beam_size}")
+    if max_len < 2 or beam_size < 1 or not 0 <= min_len < max_len - 1:
+        raise ValueError(f"need max_len >= 2, beam_size >= 1 and 0 <= min_len < max_len - 1, got {max_len}, "
+                         f"{beam_size} and {min_len}")
     k = beam_size
     seqs = jnp.zeros((batch, k, max_len), jnp.int32).at[:, :, 0].set(bos_id)
     # only the first beam is live at the start, so the K beams do not all repeat the same expansion
@@ -78,6 +80,7 @@ def beam_search(step: Callable, cache, batch: int, *, max_len: int, beam_size: i
         logits, cache = step(tokens, cache)
         logp = jax.nn.log_softmax(logits[:, 0].astype(jnp.float32))
         logp = logp.at[:, jnp.array(banned_ids)].set(NEG_INF)
+        logp = logp.at[:, eos_id].set(jnp.where(index < min_len, NEG_INF, logp[:, eos_id]))
         vocab = logp.shape[-1]
         candidates = (live_logp[:, :, None] + logp.reshape(batch, k, vocab)).reshape(batch, k * vocab)
         # 2K candidates always hold K that do not end here, so the live set stays full
@@ -106,7 +109,8 @@ def beam_search(step: Callable, cache, batch: int, *, max_len: int, beam_size: i
 
 
 def generate_captions(model: vlm.VLM, variables: dict, video: jax.Array, audio_wave: jax.Array | None, *,
-                      max_len: int, beam_size: int = 1, alpha: float = 0.6) -> tuple[jax.Array, jax.Array]:
+                      max_len: int, beam_size: int = 1, alpha: float = 0.6,
+                      min_len: int = 0) -> tuple[jax.Array, jax.Array]:
     """Captions for a batch of clips with a VLM's caption decoder: (tokens [B, max_len], scores [B]).
 
     Jit the call: the towers run once, then `beam_search` steps the cached decoder on every clip's beams.
@@ -121,4 +125,4 @@ def generate_captions(model: vlm.VLM, variables: dict, video: jax.Array, audio_w
     def step(tokens, cache):
         logits, mutated = decoder.apply({"params": params, "cache": cache}, tokens, encoded, audio, mutable=["cache"])
         return logits, mutated["cache"]
-    return beam_search(step, cache, batch, max_len=max_len, beam_size=beam_size, alpha=alpha)
+    return beam_search(step, cache, batch, max_len=max_len, beam_size=beam_size, alpha=alpha, min_len=min_len)
