@@ -32,7 +32,7 @@ setup(
         "importlib-resources==7.1.0",  # tensorflow_datasets needs it without TensorFlow
     ],
     extras_require={
-        "test": ["pytest==9.2.0", "portpicker==1.6.0"],
+        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "portpicker==1.6.0"],
     },
     entry_points={"console_scripts": ["vlm=vlm_jax.cli:main"]},
 )

@@ -48,7 +48,8 @@ def loss_fn(model, batch):
 EXPECTED = {"video_embedding": (2, 64), "text_embedding": (2, 64), "logit_scale": (), "match": (2,),
             "mlm": (2, 12, 30522), "answer": (2, NUM_ANSWERS), "caption": (2, 12, 30522), "mvm": (2, 8, 1536)}
 
-COMBINATIONS = ([(video, "bert", "audio_transformer", name) for video in vlm.VIDEO_ENCODERS for name in fusion.FUSIONS]
+# Every video encoder and every fusion at least once (the full product is the slow test below).
+COMBINATIONS = ([(video, "bert", "audio_transformer", name) for video, name in zip(vlm.VIDEO_ENCODERS, fusion.FUSIONS)]
                 + [("vivit", "bow", "audio_transformer", "cross_attention"), ("vivit", "bert", None, "cross_attention")])
 EVERY_COMBINATION = list(itertools.product(vlm.VIDEO_ENCODERS, vlm.TEXT_ENCODERS, ["audio_transformer", None],
                                            fusion.FUSIONS))
@@ -78,9 +79,11 @@ def test_every_combination_builds_forward_and_backward(video, text, audio, fusio
 
 # Executed for real: together they cover every fusion, both text towers and audio on and off. (I3D, the
 # slowest to compile, runs for real in its own tests, batch statistics included.)
+# The default suite runs the first two; the others are marked slow (each fusion also runs in test_fusion.py).
 EXECUTED = [("vivit", "bert", "audio_transformer", "cross_attention"), ("cnn2d", "bow", None, "concat_late"),
-            ("cnn2d", "bert", "audio_transformer", "co_attention"),
-            ("cnn_rnn", "bow", "audio_transformer", "concat_early"), ("single_frame", "bert", None, "dual")]
+            *(pytest.param(*combination, marks=pytest.mark.slow) for combination in [
+                ("cnn2d", "bert", "audio_transformer", "co_attention"),
+                ("cnn_rnn", "bow", "audio_transformer", "concat_early"), ("single_frame", "bert", None, "dual")])]
 
 
 @pytest.mark.parametrize("video, text, audio, fusion_name", EXECUTED, ids=lambda v: str(v))
@@ -103,7 +106,7 @@ def test_runs_forward_and_backward(video, text, audio, fusion_name):
 def test_retrieval_embeddings_do_not_depend_on_the_other_modality():
     """Dual-encoder embeddings: the video embedding is a function of the video alone, and vice versa."""
     model, batch = make_model("cnn2d", "bow", None, "dual"), make_batch()
-    variables = model.init(RNGS, **batch)
+    variables = jax.jit(lambda: model.init(RNGS, **batch))()
     encode = jax.jit(lambda b: model.apply(variables, **b))
     other = make_batch(seed=1)
     swapped_text = {**batch, "caption": other["caption"], "caption_mask": other["caption_mask"]}

@@ -96,31 +96,41 @@ def _wait_for_step(process, workdir, step, timeout=300):
     raise AssertionError("run too slow")
 
 
-@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
-def test_killed_run_resumes_exactly(tiny_dataset, tmp_path, reference, how):
-    """A long run is stopped mid-way: SIGTERM saves at the next step and exits 143; SIGKILL loses the steps
-    since the last periodic checkpoint (every 4). Restarted with 12 steps, every step after its restore point
-    equals the uninterrupted reference bit for bit."""
-    args = train_args(tiny_dataset, tmp_path, "train.num_steps=1000", "checkpoint.every_steps=4", "eval.splits=()",
-                      *TOTAL)
-    process = _start(args, tmp_path)
-    _wait_for_step(process, tmp_path, 5)
-    process.send_signal(getattr(signal, how))
-    code = process.wait(timeout=120)
-    steps = _saved_steps(tmp_path)
-    if how == "SIGTERM":
-        assert code == 143, (tmp_path / "stderr.txt").read_text()[-2000:]
-        assert steps[-1] >= 5  # saved where it stopped, not only at the last periodic save
-    else:
-        assert code == -signal.SIGKILL and steps[-1] % 4 == 0  # only committed periodic saves count
-    restart = steps[-1]
-    if restart >= 12:
-        pytest.skip(f"the run reached step {restart} before the signal landed")
-    run_vlm(*train_args(tiny_dataset, tmp_path, "train.num_steps=12", "checkpoint.every_steps=4", *TOTAL))
-    resumed, expected = train_losses(tmp_path), train_losses(reference)
-    assert [resumed[s] for s in range(restart + 1, 13)] == [expected[s] for s in range(restart + 1, 13)]
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert any("checkpoint/restore_s" in r and r["step"] == restart for r in records)
+def test_killed_runs_resume_exactly(tiny_dataset, tmp_path, reference):
+    """Two long runs are stopped mid-way: SIGTERM saves at the next step and exits 143; SIGKILL loses the
+    steps since the last periodic checkpoint (every 4). Restarted with 12 steps, every step after its restore
+    point equals the uninterrupted reference bit for bit. (Both runs go side by side, to share the cores'
+    idle time during start-up.)"""
+    signals = {"SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL}
+    workdirs = {how: tmp_path / how for how in signals}
+    processes = {}
+    for how, workdir in workdirs.items():
+        workdir.mkdir()
+        processes[how] = _start(train_args(tiny_dataset, workdir, "train.num_steps=1000", "checkpoint.every_steps=4",
+                                           "eval.splits=()", *TOTAL), workdir)
+    for how, process in processes.items():
+        _wait_for_step(process, workdirs[how], 5)
+        process.send_signal(signals[how])
+    restarts = {}
+    for how, process in processes.items():
+        code, steps = process.wait(timeout=120), _saved_steps(workdirs[how])
+        if how == "SIGTERM":
+            assert code == 143, (workdirs[how] / "stderr.txt").read_text()[-2000:]
+            assert steps[-1] >= 5  # saved where it stopped, not only at the last periodic save
+        else:
+            assert code == -signal.SIGKILL and steps[-1] % 4 == 0  # only committed periodic saves count
+        restarts[how] = steps[-1]
+    resumes = {how: _start(train_args(tiny_dataset, workdirs[how], "train.num_steps=12", "checkpoint.every_steps=4",
+                                      *TOTAL), workdirs[how]) for how in signals if restarts[how] < 12}
+    if not resumes:
+        pytest.skip(f"both runs passed step 12 before the signals landed: {restarts}")
+    expected = train_losses(reference)
+    for how, process in resumes.items():
+        assert process.wait(timeout=300) == 0, (workdirs[how] / "stderr.txt").read_text()[-2000:]
+        restart, resumed = restarts[how], train_losses(workdirs[how])
+        assert [resumed[s] for s in range(restart + 1, 13)] == [expected[s] for s in range(restart + 1, 13)], how
+        records = [json.loads(line) for line in (workdirs[how] / "metrics.jsonl").read_text().splitlines()]
+        assert any("checkpoint/restore_s" in r and r["step"] == restart for r in records), how
 
 
 def test_finetune_from_part_of_a_pretraining_run(tiny_dataset, tmp_path, reference):
