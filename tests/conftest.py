@@ -56,3 +56,13 @@ def train_losses(workdir: Path, key: str = "train/loss") -> dict[int, float]:
         if key in record:
             out[record["step"]] = record[key]
     return out
+
+
+# Files that hold the longest runs go first, so that with `pytest -n 2 --dist loadfile` (scripts/test.sh) the
+# many short files fill the other worker meanwhile instead of leaving two long files for the end.
+LONGEST_FIRST = ("tests/train/test_train_parallel.py", "tests/train/test_loop.py", "tests/apps/test_apps_cli.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(Path(item.fspath).relative_to(REPO).as_posix(), len(rank)))

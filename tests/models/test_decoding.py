@@ -114,12 +114,14 @@ def test_greedy_captions_equal_stepwise_argmax_without_a_cache(tiny_vlm):
     assert tokens.shape == (3, max_len) and (tokens[:, 0] == decoding.tokenizer.CLS_ID).all()
 
     encoded, sound = model.apply(variables, video, audio, method=vlm.VLM.encode_video)
+    # teacher forcing on the whole (zero-padded) prefix: causal, so position t sees only tokens 0..t
     full = jax.jit(lambda prefix: model.apply(variables, prefix, encoded, sound, method=vlm.VLM.caption))
-    prefix = np.full((3, 1), decoding.tokenizer.CLS_ID, np.int32)
-    for _ in range(max_len - 1):
-        logits = np.array(full(jnp.asarray(prefix))[:, -1])
+    prefix = np.zeros((3, max_len), np.int32)
+    prefix[:, 0] = decoding.tokenizer.CLS_ID
+    for t in range(max_len - 1):
+        logits = np.array(full(jnp.asarray(prefix))[:, t])
         logits[:, list(decoding.BANNED_IDS)] = -np.inf
-        prefix = np.concatenate([prefix, logits.argmax(-1)[:, None]], axis=1)
+        prefix[:, t + 1] = logits.argmax(-1)
     for row, reference in zip(tokens, prefix):
         stop = list(reference).index(decoding.tokenizer.SEP_ID) + 1 if decoding.tokenizer.SEP_ID in reference \
             else max_len
