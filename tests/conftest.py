@@ -41,6 +41,19 @@ MICRO = ("data.num_frames=4", "data.image_size=32", "data.max_text_len=16", "tra
          "eval.max_batches=1", "eval.splits=('test',)", "checkpoint.every_steps=0")
 
 
+@pytest.fixture(scope="module")
+def module_compilation_cache(tmp_path_factory):
+    """One persistent XLA cache for the `vlm` runs of a test module: a later run of a program skips its
+    compile, as a user's resumed or repeated run does."""
+    previous = os.environ.get("VLM_COMPILATION_CACHE")
+    os.environ["VLM_COMPILATION_CACHE"] = str(tmp_path_factory.mktemp("xla_cache"))
+    yield
+    if previous is None:
+        os.environ.pop("VLM_COMPILATION_CACHE")
+    else:
+        os.environ["VLM_COMPILATION_CACHE"] = previous
+
+
 def train_args(dataset: Path, workdir: Path, *overrides: str, config: str = "configs/pretrain.py:tiny") -> list[str]:
     """`vlm train` arguments for the micro model on the session's tiny data set."""
     data_dir = dataset.parent.parent.parent  # <data_dir>/moving_shapes/<config>/<version>

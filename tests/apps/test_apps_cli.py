@@ -3,7 +3,6 @@
 on a real video file. Commands run as a user runs them; the search quality check runs in-process."""
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -14,15 +13,7 @@ STEPS = 120  # enough for the micro model's own-caption rank to be well above ch
 INDEXED = 16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    previous = os.environ.get("VLM_COMPILATION_CACHE")
-    os.environ["VLM_COMPILATION_CACHE"] = str(tmp_path_factory.mktemp("xla_cache"))
-    yield
-    if previous is None:
-        os.environ.pop("VLM_COMPILATION_CACHE")
-    else:
-        os.environ["VLM_COMPILATION_CACHE"] = previous
+pytestmark = pytest.mark.usefixtures("module_compilation_cache")
 
 
 @pytest.fixture(scope="module")

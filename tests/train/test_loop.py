@@ -20,15 +20,7 @@ from conftest import REPO, run_vlm, train_args, train_losses
 TOTAL = ("optim.total_steps=40", "optim.warmup_steps=2")  # one LR schedule for runs of different lengths
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    previous = os.environ.get("VLM_COMPILATION_CACHE")
-    os.environ["VLM_COMPILATION_CACHE"] = str(tmp_path_factory.mktemp("xla_cache"))
-    yield
-    if previous is None:
-        os.environ.pop("VLM_COMPILATION_CACHE")
-    else:
-        os.environ["VLM_COMPILATION_CACHE"] = previous
+pytestmark = pytest.mark.usefixtures("module_compilation_cache")
 
 
 @pytest.fixture(scope="module")
