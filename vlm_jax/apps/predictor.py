@@ -45,16 +45,20 @@ class Predictor:
     def __init__(self, run: Run, state: TrainState, step: int, workdir: str | Path):
         self.run, self.state, self.step, self.workdir = run, state, step, Path(workdir)
         self.batch_size = run.spec.batch_size
-        variables = state.variables()
-        model = run.model
-        self._embed_videos = jax.jit(lambda video, audio: model.apply(variables, video, audio, method=_embed_videos))
-        self._embed_texts = jax.jit(lambda ids, mask: model.apply(variables, ids, mask, method=_embed_texts))
-        self._answer = jax.jit(lambda video, audio, ids, mask: model.apply(variables, video, audio, ids, mask,
-                                                                           method=_answer_probabilities))
-        caption = run.config.eval.caption
-        self._caption = jax.jit(lambda video, audio: decoding.generate_captions(
-            model, variables, video, audio, max_len=int(caption.max_len), beam_size=int(caption.beam_size),
+        self.variables = state.variables()
+        model, caption = run.model, run.config.eval.caption
+        # the variables are an argument, not a closure, so they are not baked into the programs as constants
+        embed_videos = jax.jit(lambda v, video, audio: model.apply(v, video, audio, method=_embed_videos))
+        embed_texts = jax.jit(lambda v, ids, mask: model.apply(v, ids, mask, method=_embed_texts))
+        answer = jax.jit(lambda v, video, audio, ids, mask: model.apply(v, video, audio, ids, mask,
+                                                                         method=_answer_probabilities))
+        generate = jax.jit(lambda v, video, audio: decoding.generate_captions(
+            model, v, video, audio, max_len=int(caption.max_len), beam_size=int(caption.beam_size),
             alpha=float(caption.alpha), min_len=int(caption.min_len)))
+        self._embed_videos = lambda *args: embed_videos(self.variables, *args)
+        self._embed_texts = lambda *args: embed_texts(self.variables, *args)
+        self._answer = lambda *args: answer(self.variables, *args)
+        self._caption = lambda *args: generate(self.variables, *args)
 
     @classmethod
     def load(cls, workdir: str | Path, step: int | None = None) -> "Predictor":
@@ -92,7 +96,8 @@ class Predictor:
 
     # ------------------------------------------------------------------ tasks
 
-    def embed_videos(self, clips: Iterable[Clip], on_batch: Callable[[int], None] | None = None) -> tuple[list[Clip], np.ndarray]:
+    def embed_videos(self, clips: Iterable[Clip],
+                     on_batch: Callable[[int], None] | None = None) -> tuple[list[Clip], np.ndarray]:
         """(the clips, their unit-norm retrieval embeddings [N, E]); `on_batch(n)` reports progress."""
         done, parts = [], []
         for batch, video, audio in self._batches(clips):

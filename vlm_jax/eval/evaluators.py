@@ -126,7 +126,8 @@ class RetrievalEvaluator(_Evaluator):
     def __call__(self, state: TrainState, split: str) -> dict[str, float]:
         out = self.outputs(state, split)
         valid = out["valid"].astype(bool)
-        video_emb, text_emb, caption_valid = out["video_emb"][valid], out["text_emb"][valid], out["caption_valid"][valid]
+        video_emb, text_emb = out["video_emb"][valid], out["text_emb"][valid]
+        caption_valid = out["caption_valid"][valid]
         clip_of_caption = np.broadcast_to(np.arange(len(video_emb))[:, None], caption_valid.shape)
         keep = caption_valid.astype(bool)
         scores = metrics.retrieval_metrics(video_emb, text_emb[keep], clip_of_caption[keep])

@@ -23,7 +23,8 @@ from vlm_jax.train.state import TrainState
 log = logging.getLogger(__name__)
 
 
-def load_run(workdir: str | Path, step: int | None = None, overrides: Iterable[str] = ()) -> tuple[Run, TrainState, int]:
+def load_run(workdir: str | Path, step: int | None = None,
+             overrides: Iterable[str] = ()) -> tuple[Run, TrainState, int]:
     """The run's `Run` (from its config.json, with overrides such as `eval.max_batches=2`) and its state at
     `step` (default: the latest checkpoint), placed on this machine's devices."""
     workdir = Path(workdir)

@@ -53,9 +53,9 @@ def beam_search(step: Callable, cache, batch: int, *, max_len: int, beam_size: i
     """The best sequence per example and its length-normalised log-probability.
 
     step(tokens [B*K, 1], cache) -> (logits [B*K, 1, V], cache); `cache` is sized for B*K rows and max_len
-    positions. `min_len` tokens come before the end token at the least (BLIP's min_length: an
-    undertrained decoder otherwise ends at once, since one end token outscores any longer guess). Returns tokens [B, max_len] ([CLS] ... [SEP] then padding 0, or cut at max_len without [SEP])
-    and scores [B].
+    positions. At least `min_len` tokens come before the end token (BLIP's min_length: an undertrained
+    decoder otherwise ends at once, since one end token outscores any longer guess). Returns tokens
+    [B, max_len] ([CLS] ... [SEP] then padding 0, or cut at max_len without [SEP]) and scores [B].
     """
     if max_len < 2 or beam_size < 1 or not 0 <= min_len < max_len - 1:
         raise ValueError(f"need max_len >= 2, beam_size >= 1 and 0 <= min_len < max_len - 1, got {max_len}, "
