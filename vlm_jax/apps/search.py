@@ -32,29 +32,30 @@ def build_index(workdir: str | Path, source: str | Sequence[str], out: str | Pat
     from tqdm import tqdm
     predictor = predictor_lib.Predictor.load(workdir, step)
     description = predictor.description()
+    clips = predictor_lib.clip_source(predictor.run, source, limit)  # a bad source fails before an index exists
     out = Path(out)
     if (out / "index.json").is_file():
         index = Index.open(out)
-        same = {k: index.model.get(k) for k in ("workdir", "step")} == {k: description[k] for k in ("workdir", "step")}
-        if not same:
+        if any(index.model.get(key) != description[key] for key in ("workdir", "step")):
             raise UserError(f"the index at {out} was embedded by {index.model.get('workdir')} step "
                             f"{index.model.get('step')}, not {description['workdir']} step {description['step']}; "
                             f"use a new --out")
     else:
         index = Index.create(out, dim=int(predictor.run.config.model.embed_dim), model=description)
     before = len(index)
-    clips = predictor_lib.clip_source(predictor.run, source, limit)
     with tqdm(total=clips.count, unit="clip", desc="embedding", dynamic_ncols=True) as progress:
-        pending_clips: list[predictor_lib.Clip] = []
+        ids: list[str] = []  # only ids and metadata wait for the commit, not the frames
+        metadata: list[dict] = []
         pending: list[np.ndarray] = []
         for done, embeddings in _chunks(predictor, clips, progress):
-            pending_clips.extend(done)
+            ids.extend(c.id for c in done)
+            metadata.extend({"id": c.id, **c.metadata} for c in done)
             pending.append(embeddings)
-            if len(pending_clips) >= ADD_EVERY:
-                _add(index, pending_clips, pending)
-                pending_clips, pending = [], []
-        if pending_clips:
-            _add(index, pending_clips, pending)
+            if len(ids) >= ADD_EVERY:
+                index.add(ids, np.concatenate(pending), metadata)
+                ids, metadata, pending = [], [], []
+        if ids:
+            index.add(ids, np.concatenate(pending), metadata)
     return {"index": str(out), "added": len(index) - before, "total": len(index), "skipped": len(clips.skipped),
             "skipped_files": [f"{path}: {reason}" for path, reason in clips.skipped]}
 
@@ -69,10 +70,6 @@ def _chunks(predictor, clips: predictor_lib.ClipSource, progress):
             batch = []
     if batch:
         yield predictor.embed_videos(batch, on_batch=progress.update)
-
-
-def _add(index: Index, clips: list[predictor_lib.Clip], embeddings: list[np.ndarray]) -> None:
-    index.add([c.id for c in clips], np.concatenate(embeddings), [{"id": c.id, **c.metadata} for c in clips])
 
 
 @dataclasses.dataclass
