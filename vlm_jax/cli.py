@@ -23,6 +23,13 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(message if self.prog == "vlm" else f"{self.prog}: {message}")
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1 (argparse reports a failure as a one-line user error)."""
+    if not text.lstrip("+").isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
 def _dataset_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", help="moving_shapes or video_folder")
     parser.add_argument("--data_dir", required=True, help="where prepared data sets live")
@@ -275,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     query = search_commands.add_parser("query", help="the videos closest to a text")
     query.add_argument("--index", required=True)
     query.add_argument("text")
-    query.add_argument("-k", type=int, default=10)
+    query.add_argument("-k", type=_positive_int, default=10)
     query.add_argument("--approximate", action="store_true", help="jax.lax.approx_max_k instead of exact top-k")
     query.add_argument("--sheet", help="write a contact sheet of the hits (PNG)")
     query.add_argument("--json", action="store_true", help="print the hits as JSON")
@@ -284,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     recommend = commands.add_parser("recommend", help="videos like the ones in a viewing history")
     recommend.add_argument("--index", required=True)
     recommend.add_argument("--history", required=True, help="comma-separated ids of watched videos")
-    recommend.add_argument("-k", type=int, default=10)
+    recommend.add_argument("-k", type=_positive_int, default=10)
     recommend.add_argument("--mode", default="mean", help="mean, max or mean+max similarity to the history")
     recommend.add_argument("--mmr", type=float, help="Maximal Marginal Relevance lambda (1: no diversity)")
     recommend.set_defaults(func=_recommend)
@@ -299,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     answer.add_argument("--workdir", required=True)
     answer.add_argument("videos", nargs="+", help="video files or folders, or SPLIT:POSITION (test:0)")
     answer.add_argument("question")
-    answer.add_argument("--top", type=int, default=3, help="answers shown per video")
+    answer.add_argument("--top", type=_positive_int, default=3, help="answers shown per video")
     answer.add_argument("--step", type=int)
     answer.set_defaults(func=_answer)
 
