@@ -179,8 +179,7 @@ def dataset_clips(run: Run, split: str, limit: int = 0, start: int = 0) -> ClipS
             arrays = transform(example, None)
             metadata = {"source": "dataset", "split": split, "position": position,
                         "captions": pipeline.texts(example["captions"])}
-            metadata.update({kind: pipeline.texts(np.atleast_1d(example[feature]))
-                             for kind, feature in pipeline.ATTRIBUTE_FEATURES.items() if feature in example})
+            metadata.update(pipeline.attributes_of(example))
             yield Clip(pipeline.text(example["id"]), arrays["video"], arrays["audio"], metadata)
     return ClipSource(max(0, stop - start), clips())
 

@@ -279,11 +279,13 @@ def clip_attributes(spec: Spec, split: str) -> list[dict[str, list[str]]] | None
     dataset, source = open_split(spec, split)
     if not set(ATTRIBUTE_FEATURES.values()) <= set(dataset.info.features):
         return None
-    out = []
-    for index in range(len(source)):
-        example = source[index]
-        out.append({kind: texts(np.atleast_1d(example[feature])) for kind, feature in ATTRIBUTE_FEATURES.items()})
-    return out
+    return [attributes_of(source[index]) for index in range(len(source))]
+
+
+def attributes_of(example: dict) -> dict[str, list[str]]:
+    """A decoded example's scene attributes by kind (those its data set stores)."""
+    return {kind: texts(np.atleast_1d(example[feature]))
+            for kind, feature in ATTRIBUTE_FEATURES.items() if feature in example}
 
 
 def _indexed(source) -> grain.MapDataset:
