@@ -41,6 +41,10 @@ def test_overrides_are_parsed_to_the_field_type():
     ("data.num_frames=32", r"data.num_frames must not exceed data.build_frames"),
     ("mesh.shape=(-1, -1, 1)", r"at most one -1"),
     ("data.name=video_folder", r"data.source must name a video folder"),
+    ("model.video.name=vit", r"model.video.name must be one of vivit, cnn2d, i3d, cnn_rnn, single_frame, linear"),
+    ("model.audio.name=wav", r"model.audio.name must be one of audio_transformer, None \(got 'wav'\)"),
+    ("model.fusion.name=sum", r"model.fusion.name must be one of dual, add,"),
+    ("model.caption.name=lstm", r"model.caption.name must be one of transformer, linear"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(UserError, match=message):

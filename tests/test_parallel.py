@@ -42,9 +42,11 @@ def rngs() -> dict:
 
 # ------------------------------------------------------------------ shared builders
 
-def make_model(video="vivit", text="bert", audio="audio_transformer", fusion_name="cross_attention", **video_kw):
+def make_model(video="vivit", text="bert", audio="audio_transformer", fusion_name="cross_attention",
+               caption="transformer", **video_kw):
     config = vlm.model_config("tiny")
     config.video.name, config.text.name, config.audio.name, config.fusion.name = video, text, audio, fusion_name
+    config.caption.name = caption
     for key, value in video_kw.items():
         config.video[video][key] = value
     return vlm.VLM(ml_collections.FrozenConfigDict(config), num_answers=NUM_ANSWERS)
@@ -129,12 +131,13 @@ def test_rules_name_each_logical_axis_once_and_only_mesh_axes():
         parallel.check_rules(jax.sharding.AbstractMesh((1,), ("data",)), (("embed", "model"),))
 
 
-# Every video encoder, every fusion, BoW text, audio off, the CNN2D temporal transformer and a scanned
-# factorised ViViT, so that every logical name in vlm_jax.models is exercised.
+# Every video encoder, every fusion, both caption decoders, BoW text, audio off, the CNN2D temporal transformer
+# and a scanned factorised ViViT, so that every logical name in vlm_jax.models is exercised.
 VARIANTS = ([dict(video="vivit"), dict(video="cnn2d", temporal="transformer", fusion_name="concat_early"),
              dict(video="i3d", fusion_name="dual"), dict(video="cnn_rnn", fusion_name="co_attention"),
              dict(video="single_frame", text="bow", audio=None, fusion_name="concat_late"),
-             dict(video="vivit", variant="factorised_self_attention", scan=True)])
+             dict(video="vivit", variant="factorised_self_attention", scan=True),
+             dict(video="linear", text="linear", audio=None, fusion_name="add", caption="linear")])
 assert {v.get("fusion_name", "cross_attention") for v in VARIANTS} == set(fusion.FUSIONS)
 assert {v["video"] for v in VARIANTS} == set(vlm.VIDEO_ENCODERS)
 

@@ -136,6 +136,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(config.train.task in TASKS, "train.task", f"must be one of {', '.join(TASKS)}", config.train.task)
     _check(config.train.batch_size > 0, "train.batch_size", "must be positive", config.train.batch_size)
     _check(config.train.num_steps >= 0, "train.num_steps", "must be >= 0", config.train.num_steps)
+    from vlm_jax.models import fusion, vlm
+    choices = {f"model.{family}.name": list(modules) for family, modules in vlm.FAMILIES.items()}
+    choices["model.audio.name"].append(None)
+    choices.update({"model.fusion.name": list(fusion.FUSIONS), "model.caption.name": list(vlm.CAPTION_DECODERS)})
+    for key, names in choices.items():
+        value = config.model[key.split(".")[1]].name
+        _check(value in names, key, f"must be one of {', '.join(map(str, names))}", value)
     if config.model.fusion.name == "dual":  # a dual encoder: no fused tokens to match or to fill in
         for loss in ("vtm", "mlm"):
             _check(not config.losses.get(loss, 0.0), f"losses.{loss}", "must be 0 with model.fusion.name=dual",

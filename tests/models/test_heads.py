@@ -1,4 +1,4 @@
-"""Heads on random inputs: contrastive, VTM, MLM, MVM (+ loss), caption decoder (causality, KV cache), QA."""
+"""Heads on random inputs: contrastive, VTM, MLM, MVM (+ loss), caption decoders (causality, cache), QA."""
 
 import math
 
@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from checks import assert_all_leaves_named, assert_gradients_finite_and_nonzero
 from vlm_jax.models import heads
@@ -94,8 +95,10 @@ def test_mvm_head_and_loss():
     assert float(heads.mvm_loss(perfect.at[0, 2].add(5.0), target, weights)) < 1e-10
 
 
-def test_caption_decoder_is_causal_and_the_kv_cache_matches_teacher_forcing():
-    model = heads.CaptionDecoder(**DECODER)
+@pytest.mark.parametrize("decoder, fields", [(heads.CaptionDecoder, DECODER),
+                                             (heads.LinearCaptionDecoder, dict(vocab_size=50, width=16, max_len=9))])
+def test_caption_decoder_is_causal_and_the_cache_matches_teacher_forcing(decoder, fields):
+    model = decoder(**fields)
     variables = init_and_grad(model, TOKENS, VIDEO, AUDIO)
     params = nn.meta.unbox(variables)["params"]
     full = jax.jit(lambda tokens: model.apply({"params": params}, tokens, VIDEO, AUDIO))
@@ -105,7 +108,7 @@ def test_caption_decoder_is_causal_and_the_kv_cache_matches_teacher_forcing():
     np.testing.assert_allclose(future_changed[:, :4], logits[:, :4], atol=1e-5)
     assert np.abs(future_changed[:, 4:] - logits[:, 4:]).max() > 1e-4
 
-    stepper = heads.CaptionDecoder(decode=True, **DECODER)
+    stepper = decoder(decode=True, **fields)
     cache = stepper.init_cache(params, VIDEO, AUDIO, max_len=7)
     step = jax.jit(lambda cache, token: stepper.apply({"params": params, "cache": cache}, token, VIDEO, AUDIO,
                                                       mutable=["cache"]))
@@ -115,6 +118,11 @@ def test_caption_decoder_is_causal_and_the_kv_cache_matches_teacher_forcing():
         cache = mutated["cache"]
         stepped.append(step_logits)
     np.testing.assert_allclose(jnp.concatenate(stepped, axis=1), logits, atol=1e-5)
+
+
+def test_linear_caption_decoder_refuses_sequences_longer_than_its_positions():
+    with pytest.raises(ValueError, match="exceed the linear caption decoder's max_len 6"):
+        heads.LinearCaptionDecoder(vocab_size=50, width=16, max_len=6).init(jax.random.key(0), TOKENS, VIDEO)
 
 
 def test_bf16_compute_runs():

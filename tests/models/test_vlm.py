@@ -17,9 +17,10 @@ RNGS = {"params": jax.random.key(0), "dropout": jax.random.key(1), "masking": ja
 
 
 def make_model(video: str, text: str = "bert", audio: str | None = "audio_transformer",
-               fusion_name: str = "cross_attention") -> vlm.VLM:
+               fusion_name: str = "cross_attention", caption: str = "transformer") -> vlm.VLM:
     config = vlm.model_config("tiny")
     config.video.name, config.text.name, config.audio.name, config.fusion.name = video, text, audio, fusion_name
+    config.caption.name = caption
     return vlm.VLM(ml_collections.FrozenConfigDict(config), num_answers=NUM_ANSWERS)
 
 
@@ -55,20 +56,28 @@ EVERY_COMBINATION = list(itertools.product(vlm.VIDEO_ENCODERS, vlm.TEXT_ENCODERS
                                            fusion.FUSIONS))
 
 
-def check_builds_forward_and_backward(video, text, audio, fusion_name):
+def check_builds_forward_and_backward(video, text, audio, fusion_name, caption="transformer"):
     """Trace init, forward and gradient abstractly: shapes must compose (no XLA compile needed)."""
-    model, batch = make_model(video, text, audio, fusion_name), make_batch()
+    model, batch = make_model(video, text, audio, fusion_name, caption), make_batch()
     variables = jax.eval_shape(lambda: model.init(RNGS, **batch))
     rest = {k: v for k, v in variables.items() if k != "params"}
     grads, out = jax.eval_shape(jax.grad(loss_fn(model, batch), has_aux=True), variables["params"], rest)
     assert {k: v.shape for k, v in out.items()} == EXPECTED
     assert jax.tree.structure(nn.meta.unbox(grads)) == jax.tree.structure(nn.meta.unbox(variables["params"]))
     assert ("batch_stats" in variables) == (video == "i3d")
+    modules = {"video_encoder", "text_encoder", "fusion", "contrastive", "matching", "mlm_head", "mvm_head",
+               "caption_decoder", "qa_head"} | ({"audio_encoder"} if audio else set())
+    assert set(variables["params"]) == modules
 
 
 @pytest.mark.parametrize("video, text, audio, fusion_name", COMBINATIONS, ids=lambda v: str(v))
 def test_combination_builds_forward_and_backward(video, text, audio, fusion_name):
     check_builds_forward_and_backward(video, text, audio, fusion_name)
+
+
+def test_seed_baseline_builds_forward_and_backward():
+    """The minimal reference VLM (configs/seed_baseline.py): linear towers, addition, the linear decoder."""
+    check_builds_forward_and_backward("linear", "linear", None, "add", caption="linear")
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ import numpy as np
 import optax
 import pytest
 
+from vlm_jax.errors import UserError
 from vlm_jax.train import checkpoint, optim
 
 REPO = Path(__file__).resolve().parents[2]
@@ -137,6 +138,18 @@ def test_restore_onto_a_different_mesh(tmp_path):
     expected = np.arange(64 * 32, dtype=np.float32).reshape(64, 32) / np.float32(7)
     np.testing.assert_array_equal(restored["params"]["w"], expected)
     assert int(restored["step"]) == 9 and data_state == {"next_index": 1}
+
+
+def test_restore_params_takes_some_modules_and_refuses_absent_ones(tmp_path):
+    state = _state()
+    with checkpoint.Checkpointer(tmp_path, async_save=False) as ckpt:
+        ckpt.save(2, state)
+        abstract = checkpoint.abstract_of(state["params"])
+        restored = ckpt.restore_params(None, {"video_encoder": abstract["video_encoder"]})
+        _assert_bit_exact(restored, {"video_encoder": state["params"]["video_encoder"]})
+        with pytest.raises(UserError, match="has no parameters for caption_decoder"):
+            ckpt.restore_params(2, {"video_encoder": abstract["video_encoder"],
+                                    "caption_decoder": abstract["text_encoder"]})
 
 
 @pytest.mark.parametrize("mode", ["min", "max"])

@@ -20,9 +20,11 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from vlm_jax import config as config_lib
 from vlm_jax.errors import UserError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+SEED_BASELINE = config_lib.load_file(CONFIGS / "seed_baseline.py").MODEL
 
 # name: (model overrides for every run, extra overrides for pretraining only)
 VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -37,6 +39,8 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "fusion_dual": (("model.fusion.name=dual",), ("losses.vtm=0", "losses.mlm=0")),
     "fusion_concat": (("model.fusion.name=concat_early",), ()),
     "no_audio": (("model.audio.name=None",), ()),
+    # The minimal reference VLM (linear towers, fusion by addition, linear decoder): the floor.
+    "seed_baseline": (tuple(f"model.{key}={value}" for key, value in SEED_BASELINE.items()), ()),
 }
 STAGES = ("pretrain", "qa", "caption")
 QA_TYPES = ("direction", "order", "sound", "colour", "shape", "count", "yesno")

@@ -7,6 +7,7 @@ vector (VTM and QA read it). All modules share one field set, so the single conf
 `model.fusion` configures any of them; `FUSIONS` maps `model.fusion.name` to the module.
 
 - `dual`: a dual encoder; no cross-modal interaction at all.
+- `add`: the element-wise sum of the projected modalities (the minimal reference VLM's fusion).
 - `concat_late`: pooled vectors meet in an MLP; tokens see no other modality.
 - `concat_early`: one joint transformer over [CLS, text, video, audio] tokens.
 - `cross_attention`: text tokens attend to video (+ audio) tokens (ALPRO / BLIP).
@@ -89,6 +90,24 @@ class DualEncoder(_Fusion):
             if name in modalities:
                 product = product * modalities[name].pooled
         return Fused(modalities["text"].tokens, constrain(self._norm("norm")(product), POOLED))
+
+
+class AddFusion(_Fusion):
+    """Fusion by addition: pooled = the sum of the projected pooled vectors of text, video (+ audio).
+
+    The minimal reference VLM's fusion (`configs/seed_baseline.py`), and an option for any towers. Tokens
+    are the projected text tokens plus the projected video (+ audio) pooled vectors at every position, so
+    VTM and MLM see the video through the same sum. No normalisation or nonlinearity: the heads on top
+    decide what to do with the sum.
+    """
+
+    @nn.compact
+    def __call__(self, video: Encoded, text: Encoded, audio: Encoded | None = None, *,
+                 train: bool = False) -> Fused:
+        modalities = self._modalities(video, text, audio)
+        text = modalities.pop("text")
+        others = sum(m.pooled for m in modalities.values())
+        return Fused(constrain(text.tokens + others[:, None, :]), constrain(text.pooled + others, POOLED))
 
 
 class ConcatLate(_Fusion):
@@ -175,6 +194,7 @@ class CoAttention(_Fusion):
 
 FUSIONS: dict[str, type[_Fusion]] = {
     "dual": DualEncoder,
+    "add": AddFusion,
     "concat_late": ConcatLate,
     "concat_early": ConcatEarly,
     "cross_attention": CrossAttentionFusion,

@@ -142,7 +142,23 @@ def mvm_loss(pred: jax.Array, target: jax.Array, weights: jax.Array | None = Non
     return jnp.sum(per_position * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
-class CaptionDecoder(nn.Module):
+class _CachedDecoder(nn.Module):
+    """What generation needs from a caption decoder: `decode=True` steps one token per call on a cache."""
+
+    def init_cache(self, params, video: Encoded, audio: Encoded | None = None, *, max_len: int):
+        """An empty decoding cache (KV and position) for `max_len` steps, for the batch of `video`.
+
+        The cache is sized by a first call on a full-length input (see layers.Attention); only its shapes are
+        traced here, so nothing is computed.
+        """
+        decoder = self.clone(decode=True, parent=None)
+        tokens = jnp.zeros((video.tokens.shape[0], max_len), jnp.int32)
+        shapes = jax.eval_shape(
+            lambda: decoder.apply({"params": params}, tokens, video, audio, mutable=["cache"])[1]["cache"])
+        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+class CaptionDecoder(_CachedDecoder):
     """Autoregressive caption decoder: causal self-attention with rotary positions, cross-attention to the
     video (+ audio) tokens, logits tied to its own token embedding.
 
@@ -184,17 +200,47 @@ class CaptionDecoder(nn.Module):
             constrain(embed(tokens)), None, context, context_mask, deterministic=not train)
         return embed.attend(layer_norm(name="norm", **kw)(h))
 
-    def init_cache(self, params, video: Encoded, audio: Encoded | None = None, *, max_len: int):
-        """An empty KV cache for `max_len` decoding steps, for the batch of `video`.
 
-        The cache is sized by a first call on a full-length input (see layers.Attention); only its shapes are
-        traced here, so nothing is computed.
-        """
-        decoder = self.clone(decode=True, parent=None)
-        tokens = jnp.zeros((video.tokens.shape[0], max_len), jnp.int32)
-        shapes = jax.eval_shape(
-            lambda: decoder.apply({"params": params}, tokens, video, audio, mutable=["cache"])[1]["cache"])
-        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+class LinearCaptionDecoder(_CachedDecoder):
+    """The minimal reference VLM's decoder (`configs/seed_baseline.py`): linear from inputs to logits.
+
+    Each position adds the projected clip (video and audio pooled vectors) to its token's embedding and a
+    learned position embedding, then one Dense maps the sum back to the token-embedding space, whose table
+    gives the logits. It sees only the current token, so it is a bigram model conditioned on the clip: the
+    floor the transformer decoder has to beat. Same interface, training and decoding as `CaptionDecoder`;
+    its cache holds only the position.
+    """
+    vocab_size: int = 30522
+    width: int = 256
+    max_len: int = 64
+    decode: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, video: Encoded, audio: Encoded | None = None, *,
+                 train: bool = False) -> jax.Array:
+        """tokens [B, T] int -> logits [B, T, vocab_size] in the compute dtype."""
+        del train
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        length = tokens.shape[1]
+        if length > self.max_len:
+            raise ValueError(f"{length} tokens exceed the linear caption decoder's max_len {self.max_len}")
+        positions = jnp.arange(length)
+        if self.decode:
+            initialized = self.has_variable("cache", "cache_index")
+            index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+            if initialized:
+                positions = jnp.minimum(index.value + positions, self.max_len - 1)
+                index.value = index.value + length
+        embed = nn.Embed(self.vocab_size, self.width, name="token_embedding",
+                         embedding_init=logical(nn.initializers.normal(0.02), ("vocab", "embed")), **kw)
+        table = self.param("position_embedding", logical(nn.initializers.normal(0.02), ("length", "embed")),
+                           (self.max_len, self.width), self.param_dtype)
+        clip = sum(dense(self.width, ("mlp", "embed"), name=f"{name}_projection", **kw)(source.pooled)
+                   for name, source in {"video": video, "audio": audio}.items() if source is not None)
+        h = embed(tokens) + jnp.take(table, positions, axis=0).astype(self.dtype) + clip[:, None, :]
+        return embed.attend(dense(self.width, ("mlp", "embed"), name="decoder", **kw)(constrain(h)))
 
 
 class QaHead(nn.Module):

@@ -1,7 +1,8 @@
 """The video-language model: towers, fusion and heads composed from the config's `model` block.
 
-Any video encoder x text encoder x audio (or none) x fusion is one config line each:
-`model.video.name`, `model.text.name`, `model.audio.name` (None = off), `model.fusion.name`.
+Any video encoder x text encoder x audio (or none) x fusion x caption decoder is one config line each:
+`model.video.name`, `model.text.name`, `model.audio.name` (None = off), `model.fusion.name`,
+`model.caption.name`.
 Each family keeps its own block (`model.video.vivit`, `model.video.cnn2d`, ...), so switching the name
 needs no other change. Methods are the entry points the train steps and evaluators call through
 `VLM.apply(variables, ..., method=VLM.<name>)`; `__call__` runs every part once (for init and tests).
@@ -21,15 +22,20 @@ import ml_collections
 from vlm_jax.models import audio, fusion, heads
 from vlm_jax.models.layers import Encoded
 from vlm_jax.models.text import bert, bow
-from vlm_jax.models.video import cnn2d, cnn_rnn, i3d, single_frame, vivit
+from vlm_jax.models.video import cnn2d, cnn_rnn, i3d, linear, single_frame, vivit
 
 VIDEO_ENCODERS = {"vivit": vivit.ViViT, "cnn2d": cnn2d.CNN2D, "i3d": i3d.I3D, "cnn_rnn": cnn_rnn.CNNRNN,
-                  "single_frame": single_frame.SingleFrame}
-TEXT_ENCODERS = {"bow": bow.BagOfWords, "bert": bert.Bert}
+                  "single_frame": single_frame.SingleFrame, "linear": linear.LinearVideo}
+TEXT_ENCODERS = {"bow": bow.BagOfWords, "linear": bow.BagOfWords, "bert": bert.Bert}
 AUDIO_ENCODERS = {"audio_transformer": audio.AudioTransformer}
-# The modules whose SIZES tables give each family's block per preset.
-_SIZE_TABLES = {"vivit": vivit, "cnn2d": cnn2d, "i3d": i3d, "cnn_rnn": cnn_rnn, "single_frame": single_frame,
-                "bow": bow, "bert": bert, "audio_transformer": audio}
+CAPTION_DECODERS = {"transformer": heads.CaptionDecoder, "linear": heads.LinearCaptionDecoder}
+# Each family's SIZES table per encoder name: the encoder's block per preset.
+_SIZE_TABLES = {
+    "video": {"vivit": vivit.SIZES, "cnn2d": cnn2d.SIZES, "i3d": i3d.SIZES, "cnn_rnn": cnn_rnn.SIZES,
+              "single_frame": single_frame.SIZES, "linear": linear.SIZES},
+    "text": {"bow": bow.SIZES, "linear": bow.LINEAR_SIZES, "bert": bert.SIZES},
+    "audio": {"audio_transformer": audio.SIZES},
+}
 # Fusion, caption decoder, MVM and QA sizes per preset, and the retrieval embedding width.
 _HEAD_SIZES = {
     "tiny": {"width": 64, "depth": 1, "num_heads": 2, "mlp_dim": 128, "embed_dim": 64},
@@ -38,7 +44,7 @@ _HEAD_SIZES = {
 }
 
 
-ENCODERS = {**VIDEO_ENCODERS, **TEXT_ENCODERS, **AUDIO_ENCODERS}
+FAMILIES = {"video": VIDEO_ENCODERS, "text": TEXT_ENCODERS, "audio": AUDIO_ENCODERS}
 _NOT_CONFIG = {"parent", "name", "dtype", "param_dtype"}
 
 
@@ -53,8 +59,9 @@ def model_config(size: str) -> ml_collections.ConfigDict:
     """The `model` block for a preset size: every family's own block, so any one can be chosen by name."""
     heads_size = _HEAD_SIZES[size]
     width = heads_size["width"]
-    block = lambda name: ml_collections.ConfigDict({**_fields(ENCODERS[name]), **_SIZE_TABLES[name].SIZES[size]})
-    video = {"name": "vivit", **{name: block(name) for name in VIDEO_ENCODERS}}
+    blocks = {family: {name: ml_collections.ConfigDict({**_fields(module), **_SIZE_TABLES[family][name][size]})
+                       for name, module in modules.items()} for family, modules in FAMILIES.items()}
+    video = {"name": "vivit", **blocks["video"]}
     if size == "tiny":  # 3x cheaper than joint attention on a CPU (fwd+bwd of 16 clips: 0.22 s vs 0.68 s)
         video["vivit"].variant = "factorised_encoder"
     return ml_collections.ConfigDict({
@@ -62,13 +69,14 @@ def model_config(size: str) -> ml_collections.ConfigDict:
         "param_dtype": "float32",
         "embed_dim": heads_size["embed_dim"],
         "video": video,
-        "text": {"name": "bert", **{name: block(name) for name in TEXT_ENCODERS}},
-        "audio": {"name": "audio_transformer", **{name: block(name) for name in AUDIO_ENCODERS}},
+        "text": {"name": "bert", **blocks["text"]},
+        "audio": {"name": "audio_transformer", **blocks["audio"]},
         "fusion": {"name": "cross_attention", "width": width, "depth": heads_size["depth"],
                    "num_heads": heads_size["num_heads"], "mlp_dim": heads_size["mlp_dim"], "dropout": 0.0,
                    "remat": "none"},
-        "caption": {"width": width, "depth": heads_size["depth"], "num_heads": heads_size["num_heads"],
-                    "mlp_dim": heads_size["mlp_dim"], "dropout": 0.0, "remat": "none"},
+        "caption": {"name": "transformer", "width": width, "depth": heads_size["depth"],
+                    "num_heads": heads_size["num_heads"], "mlp_dim": heads_size["mlp_dim"], "dropout": 0.0,
+                    "remat": "none", "max_len": 64},
         "mvm": {"tubelet": (2, 16, 16), "mask_ratio": 0.5, "width": width, "depth": 1,
                 "num_heads": heads_size["num_heads"], "mlp_dim": heads_size["mlp_dim"]},
         "qa": {"mlp_dim": heads_size["mlp_dim"], "dropout": 0.0},
@@ -80,11 +88,14 @@ def _kwargs(block: Any) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in dict(block).items()}
 
 
-def caption_decoder(config: ml_collections.FrozenConfigDict, decode: bool = False) -> heads.CaptionDecoder:
-    """The caption decoder the `model` block describes; `decode=True` is the KV-cached copy for generation,
-    which runs on the same params (`params["caption_decoder"]`)."""
-    return heads.CaptionDecoder(**_kwargs(config.caption), decode=decode, dtype=jnp.dtype(config.dtype),
-                                param_dtype=jnp.dtype(config.param_dtype))
+def caption_decoder(config: ml_collections.FrozenConfigDict, decode: bool = False) -> nn.Module:
+    """The caption decoder the `model` block describes; `decode=True` is the cached copy for generation,
+    which runs on the same params (`params["caption_decoder"]`). `model.caption` holds the fields of every
+    decoder (as `model.fusion` does); each reads its own."""
+    module = CAPTION_DECODERS[config.caption.name]
+    fields = {f.name for f in dataclasses.fields(module)} - _NOT_CONFIG
+    kwargs = {k: v for k, v in _kwargs(config.caption).items() if k in fields}
+    return module(**kwargs, decode=decode, dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype))
 
 
 class VLM(nn.Module):

@@ -44,6 +44,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
+from vlm_jax.errors import UserError
+
 log = logging.getLogger(__name__)
 
 STATE, DATA, META = "state", "data", "meta"
@@ -277,7 +279,13 @@ class Checkpointer:
         restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), target)
         args = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
         with ocp.PyTreeCheckpointer() as reader:
-            return reader.restore(self.directory / str(step) / STATE, args=args)["params"]
+            params = reader.restore(self.directory / str(step) / STATE, args=args)["params"]
+        # a partial restore hands back the abstract leaves of whatever the checkpoint lacks
+        absent = sorted(name for name, tree in params.items()
+                        if any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(tree)))
+        if absent:
+            raise UserError(f"checkpoint step {step} in {self.directory} has no parameters for {', '.join(absent)}")
+        return params
 
     def _resolve(self, step: int | None) -> int:
         if step is None:

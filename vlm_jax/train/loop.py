@@ -249,6 +249,9 @@ def load_pretrained(run: Run, state: TrainState, init_from: Any) -> TrainState:
     if not (source / "checkpoints").is_dir():
         raise UserError(f"init_from.workdir {source} has no checkpoints/ directory")
     include = [str(p).strip("/") for p in init_from.include] or sorted(state.params)
+    if not run.config.model.audio.name and "audio_encoder" in include:  # a finetuning config's default list
+        log.info("audio is off: init_from.include's audio_encoder is skipped")
+        include.remove("audio_encoder")
     missing = [p for p in include if p not in state.params]
     if missing:
         raise UserError(f"init_from.include names {missing}, not top-level modules of this model: "

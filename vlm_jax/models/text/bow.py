@@ -1,4 +1,9 @@
-"""Bag-of-words text tower: the cheapest text baseline, an order-blind pool of word embeddings."""
+"""Bag-of-words text tower: the cheapest text baseline, an order-blind pool of word embeddings.
+
+With `out_dim` set it is also the `linear` text encoder of the minimal reference VLM
+(`configs/seed_baseline.py`): mean-pooled word embeddings through one Dense layer. Projecting each token
+and then averaging equals averaging and then projecting, since the map is linear.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,8 @@ SIZES = {
     "small": {"width": 256},
     "base": {"width": 384},
 }
+# The `linear` text encoder: this module with a projection to the hidden width, mean pooling.
+LINEAR_SIZES = {size: {**sizes, "out_dim": sizes["width"], "pool": "mean"} for size, sizes in SIZES.items()}
 
 
 def masked_max(x: jax.Array, mask: jax.Array) -> jax.Array:
