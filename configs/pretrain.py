@@ -53,6 +53,9 @@ def get_config(arg=None):
     config.train.eval_every = steps // 2  # validation losses (and a checkpoint ranked by them); 0: never
     config.train.mlm_ratio = 0.15
     config.train.caption_label_smoothing = 0.1
+    # A step with a non-finite loss, gradient or parameter never updates anything; then "skip": count it
+    # (train/nonfinite) and go on, or "stop": exit 1 before saving anything after it.
+    config.train.on_nonfinite = "skip"
 
     config.eval = evaluators.default_eval_config()  # splits, max_batches, rerank_k, caption decoding, ...
 

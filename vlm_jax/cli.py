@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-from vlm_jax.errors import UserError
+from vlm_jax.errors import TrainingFault, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -352,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"vlm: error: {error}", file=sys.stderr)
         return 2
+    except TrainingFault as error:
+        print(f"vlm: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("vlm: interrupted", file=sys.stderr)
         return 130

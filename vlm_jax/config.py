@@ -136,6 +136,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(config.train.task in TASKS, "train.task", f"must be one of {', '.join(TASKS)}", config.train.task)
     _check(config.train.batch_size > 0, "train.batch_size", "must be positive", config.train.batch_size)
     _check(config.train.num_steps >= 0, "train.num_steps", "must be >= 0", config.train.num_steps)
+    _check(config.train.on_nonfinite in ("skip", "stop"), "train.on_nonfinite", "must be skip or stop",
+           config.train.on_nonfinite)
     from vlm_jax.models import fusion, vlm
     choices = {f"model.{family}.name": list(modules) for family, modules in vlm.FAMILIES.items()}
     choices["model.audio.name"].append(None)

@@ -146,6 +146,39 @@ def test_finetune_from_part_of_a_pretraining_run(tiny_dataset, tmp_path, referen
 
 
 
+def test_nonfinite_steps_are_skipped_and_counted_or_stop_the_run(tiny_dataset, tmp_path, reference):
+    """The reference run continued with a NaN loss weight: with `skip` every step is counted and changes
+    nothing, so the new checkpoint holds the old parameters; with `stop` the run exits 1 on one line and
+    saves nothing after the fault."""
+    import shutil
+
+    from test_steps import make_config
+    from vlm_jax.train import loop
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+    nan = ("losses.contrastive=nan", "checkpoint.every_steps=2", *TOTAL)
+    run_vlm(*train_args(tiny_dataset, workdir, "train.num_steps=44", *nan))
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    windows = [r for r in records if r["step"] > 40 and "train/nonfinite" in r]
+    assert [(r["step"], r["train/nonfinite"], r["train/loss"]) for r in windows] == [(s, 1, None)
+                                                                                    for s in range(41, 45)]
+    assert json.loads((workdir / "results.json").read_text())["train/nonfinite_steps"] == 4
+    assert _saved_steps(workdir) == [40, 42, 44]
+    like = loop.Run(make_config(tiny_dataset)).factory.abstract().params
+    at_40, at_44 = checkpoint_params(reference, like), checkpoint_params(workdir, like)
+    assert sorted(at_44) == sorted(like)
+    for a, b in zip(_leaves(at_40), _leaves(at_44)):
+        np.testing.assert_array_equal(a, b)
+
+    result = run_vlm(*train_args(tiny_dataset, workdir, "train.num_steps=48", "train.on_nonfinite=stop", *nan),
+                     check=False)
+    assert result.returncode == 1, result.stderr[-2000:]
+    message = result.stderr.strip().splitlines()[-1]
+    assert message == ("vlm: error: non-finite loss, gradients or parameters at step 45; stopped as "
+                       "train.on_nonfinite=stop asks, and the last checkpoint (step 44) is intact")
+    assert _saved_steps(workdir) == [40, 42, 44]
+
+
 @pytest.mark.slow  # a second program to compile (about a minute); the demo runs the same path
 def test_qa_finetuning_run(tiny_dataset, tmp_path, reference):
     run_vlm(*train_args(tiny_dataset, tmp_path, "train.num_steps=4", "optim.warmup_steps=1",
@@ -169,6 +202,11 @@ def checkpoint_params(workdir, like):
 def _numpy(tree):
     import jax
     return jax.tree.map(np.asarray, tree)
+
+
+def _leaves(tree):
+    import jax
+    return jax.tree.leaves(tree)
 
 
 def test_bad_config_is_a_one_line_error(tmp_path):

@@ -64,27 +64,36 @@ def test_bf16_compute_keeps_float32_parameters_and_optimizer_state(tiny_dataset)
     assert metrics["loss"].dtype == jnp.float32
 
 
-def test_pretrain_step_values(tiny_dataset):
-    """One real step: the total is the weighted sum of the logged parts; frozen heads do not move, trained
-    towers do; the step counter advances."""
+def test_pretrain_step_values_and_a_nonfinite_step(tiny_dataset):
+    """A batch whose loss is NaN (NaN audio) is flagged and leaves parameters and optimizer state as they
+    were. Then one real step: the total is the weighted sum of the logged parts; frozen heads do not move,
+    trained towers do; the step counter advances."""
     config = make_config(tiny_dataset, "pretrain", "optim.warmup_steps=0")  # warmup's first LR is 0
     run = loop.Run(config)
     batch = first_batch(run)
+    poisoned = {**batch, "audio": jnp.full_like(batch["audio"], jnp.nan)}
     state = run.factory.create()
-    before = jax.device_get(state.params)
+    before = jax.device_get((state.params, state.opt_state))  # the step donates its input state
     with run.mesh_context():
-        new_state, metrics = run.train_step(state, batch)
+        skipped, skipped_metrics = run.train_step(state, poisoned)
+        skipped_step, after_skip = jax.device_get((skipped.step, (skipped.params, skipped.opt_state)))
+        new_state, metrics = run.train_step(skipped, batch)
+    assert float(skipped_metrics["nonfinite"]) == 1 and not np.isfinite(float(skipped_metrics["loss"]))
+    assert int(skipped_step) == 1
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after_skip)):
+        np.testing.assert_array_equal(a, b)
+
     metrics = jax.device_get(metrics)
     weights = config.losses
     total = sum(weights[name] * metrics[f"{name}_loss"] for name in ("contrastive", "vtm", "mlm", "mvm"))
     np.testing.assert_allclose(metrics["loss"], total, rtol=1e-6)
-    assert all(np.isfinite(v) for v in metrics.values())
-    assert int(new_state.step) == 1
+    assert all(np.isfinite(v) for v in metrics.values()) and metrics["nonfinite"] == 0
+    assert int(new_state.step) == 2
     after = jax.device_get(new_state.params)
     for frozen in ("caption_decoder", "qa_head"):  # untouched by the pretraining losses
-        for a, b in zip(jax.tree.leaves(before[frozen]), jax.tree.leaves(after[frozen])):
+        for a, b in zip(jax.tree.leaves(before[0][frozen]), jax.tree.leaves(after[frozen])):
             np.testing.assert_array_equal(a, b)
-    moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before["video_encoder"]),
+    moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before[0]["video_encoder"]),
                                                       jax.tree.leaves(after["video_encoder"]))]
     assert np.mean(moved) > 0.9
 
@@ -101,3 +110,4 @@ def test_i3d_batch_statistics_update_in_training(tiny_dataset):
     after = jax.device_get(new_state.batch_stats)
     changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after))]
     assert any(changed) and np.isfinite(float(metrics["loss"]))
+

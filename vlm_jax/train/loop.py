@@ -47,7 +47,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from vlm_jax import config as config_lib
 from vlm_jax import parallel
 from vlm_jax.data import builders, pipeline
-from vlm_jax.errors import UserError
+from vlm_jax.errors import TrainingFault, UserError
 from vlm_jax.train import checkpoint as checkpoint_lib
 from vlm_jax.train import optim, state as state_lib, steps
 from vlm_jax.train.state import TrainState
@@ -118,9 +118,26 @@ class Run:
         return parallel.to_global(dict(host_batch), self.mesh)
 
 
-def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
+def _window_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
+    """A logging window's metrics: means over its finite steps (NaN when none was finite), and `nonfinite`,
+    the number of steps whose update was skipped."""
     fetched = jax.device_get(history)
-    return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+    finite = [m for m in fetched if not m["nonfinite"]]
+    out = {k: float(np.mean([m[k] for m in finite])) if finite else math.nan for k in fetched[0]}
+    out["nonfinite"] = float(len(fetched) - len(finite))
+    return out
+
+
+def _check_finite(run: Run, history: list[dict[str, Any]], step: int, last_saved: int | None) -> None:
+    """With `train.on_nonfinite=stop`, stop at a skipped step, before anything is saved after it."""
+    if run.config.train.on_nonfinite != "stop" or not history:
+        return
+    flags = jax.device_get([m["nonfinite"] for m in history])
+    if any(flags):
+        bad = step - len(history) + 1 + int(np.argmax(flags))
+        kept = f"the last checkpoint (step {last_saved}) is intact" if last_saved is not None else "nothing was saved"
+        raise TrainingFault(f"non-finite loss, gradients or parameters at step {bad}; stopped as "
+                            f"train.on_nonfinite=stop asks, and {kept}")
 
 
 class LossEvaluator:
@@ -308,45 +325,52 @@ def _loop(run: Run, state: TrainState, train_iter, checkpointer, writer, evaluat
     step = int(jax.device_get(state.step))
     if info:
         writer.write(step, info)
+    last_saved, nonfinite_steps = checkpointer.latest_step(), 0
     history: list[dict[str, Any]] = []
     timed_steps, timed_seconds = 0, 0.0
     progress = _progress(step, num_steps)
     tick = time.perf_counter()
-    while step < num_steps:
-        batch = run.to_device(next(train_iter))
-        with run.mesh_context():
-            state, metrics = run.train_step(state, batch)
-        step += 1
-        history.append(metrics)
-        progress.update(1)
-        if step % log_every == 0 or step == num_steps:
-            means = _mean_metrics(history)  # waits for the step: timings below are real
-            now = time.perf_counter()
-            if step > log_every:  # the first window holds the compile
-                timed_steps, timed_seconds = timed_steps + len(history), timed_seconds + (now - tick)
-            tick = now
-            update = (step - 1) // run.accumulation
-            means = {f"train/{k}": v for k, v in means.items()}
-            means["train/learning_rate"] = float(run.schedule(update))
-            if timed_seconds:
-                means["train/steps_per_s"] = timed_steps / timed_seconds
-                means["train/clips_per_s"] = timed_steps * config.train.batch_size / timed_seconds
-            means["train/peak_rss_mb"] = peak_rss_mb()
-            writer.write(step, means)
-            progress.set_postfix(loss=f"{means['train/loss']:.4f}")
-            history = []
-        if eval_every > 0 and step % eval_every == 0 and step < num_steps:
-            evaluation = _evaluate(evaluators, state, "validation")
-            writer.write(step, evaluation)
-            _save(checkpointer, step, state, train_iter, writer, evaluation)
-            tick = time.perf_counter()  # throughput counts training, not evaluation
-        elif save_every > 0 and step % save_every == 0:
-            _save(checkpointer, step, state, train_iter, writer)
-        if preemption.should_stop(step, log_every):
-            _save(checkpointer, step, state, train_iter, writer)
-            progress.close()
-            return None
-    progress.close()
+    try:
+        while step < num_steps:
+            batch = run.to_device(next(train_iter))
+            with run.mesh_context():
+                state, metrics = run.train_step(state, batch)
+            step += 1
+            history.append(metrics)
+            progress.update(1)
+            if step % log_every == 0 or step == num_steps:
+                means = _window_metrics(history)  # waits for the step: timings below are real
+                nonfinite_steps += int(means["nonfinite"])
+                now = time.perf_counter()
+                if step > log_every:  # the first window holds the compile
+                    timed_steps, timed_seconds = timed_steps + len(history), timed_seconds + (now - tick)
+                tick = now
+                update = (step - 1) // run.accumulation
+                means = {f"train/{k}": v for k, v in means.items()}
+                means["train/learning_rate"] = float(run.schedule(update))
+                if timed_seconds:
+                    means["train/steps_per_s"] = timed_steps / timed_seconds
+                    means["train/clips_per_s"] = timed_steps * config.train.batch_size / timed_seconds
+                means["train/peak_rss_mb"] = peak_rss_mb()
+                writer.write(step, means)
+                progress.set_postfix(loss=f"{means['train/loss']:.4f}")
+                _check_finite(run, history, step, last_saved)
+                history = []
+            if eval_every > 0 and step % eval_every == 0 and step < num_steps:
+                _check_finite(run, history, step, last_saved)
+                evaluation = _evaluate(evaluators, state, "validation")
+                writer.write(step, evaluation)
+                last_saved = _save(checkpointer, step, state, train_iter, writer, evaluation)
+                tick = time.perf_counter()  # throughput counts training, not evaluation
+            elif save_every > 0 and step % save_every == 0:
+                _check_finite(run, history, step, last_saved)
+                last_saved = _save(checkpointer, step, state, train_iter, writer)
+            if preemption.should_stop(step, log_every):
+                _check_finite(run, history, step, last_saved)
+                _save(checkpointer, step, state, train_iter, writer)
+                return None
+    finally:
+        progress.close()
     _save(checkpointer, step, state, train_iter, writer)
     results = {}
     for split in config.eval.splits:
@@ -356,15 +380,18 @@ def _loop(run: Run, state: TrainState, train_iter, checkpointer, writer, evaluat
         results["train/clips_per_s"] = timed_steps * config.train.batch_size / timed_seconds
     results["train/peak_rss_mb"] = peak_rss_mb()
     results["train/steps"] = float(step)
+    results["train/nonfinite_steps"] = float(nonfinite_steps)
     writer.write(step, results)
     return results
 
 
 def _save(checkpointer, step: int, state: TrainState, train_iter, writer,
-          metrics: Mapping[str, float] | None = None) -> None:
+          metrics: Mapping[str, float] | None = None) -> int:
+    """Checkpoint `step` (unless it exists already); returns it."""
     start = time.perf_counter()
     if checkpointer.save(step, state, train_iter.get_state(), metrics=metrics):
         writer.write(step, {"checkpoint/save_blocking_s": time.perf_counter() - start})
+    return step
 
 
 def _progress(start: int, total: int):

@@ -218,16 +218,27 @@ def _apply_loss(model: VLM, settings: Settings, params: Any, batch_stats: Any, b
 def make_train_step(model: VLM, tx: optax.GradientTransformation,
                     settings: Settings) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """One optimizer micro-step: gradients of the task loss, optax update, BatchNorm statistics, step + 1.
-    Metrics: the task's, plus the global norms of the gradients and the parameters."""
+    Metrics: the task's, plus the global norms of the gradients and the parameters, and `nonfinite`.
+
+    A step whose loss, gradients or new parameters are not finite changes nothing but the step counter
+    (`nonfinite` = 1): parameters, optimizer state (accumulated gradients included) and batch statistics
+    keep their values, so a bad batch or a blow-up never reaches a checkpoint. The loop counts these
+    steps, or stops at the first (`train.on_nonfinite`)."""
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         rng = jax.random.fold_in(state.rng, state.step)
         grad_fn = jax.value_and_grad(_apply_loss, argnums=2, has_aux=True)
-        (_, (metrics, batch_stats)), grads = grad_fn(model, settings, state.params, state.batch_stats, batch, rng,
-                                                     True)
+        (loss, (metrics, batch_stats)), grads = grad_fn(model, settings, state.params, state.batch_stats, batch,
+                                                        rng, True)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {**metrics, "grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(params)}
+        grad_norm, param_norm = optax.global_norm(grads), optax.global_norm(params)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
+        params, opt_state, batch_stats = jax.tree.map(
+            lambda new, old: jnp.where(finite, new, old), (params, opt_state, batch_stats),
+            (state.params, state.opt_state, state.batch_stats))
+        metrics = {**metrics, "grad_norm": grad_norm, "param_norm": param_norm,
+                   "nonfinite": 1.0 - finite.astype(jnp.float32)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state, batch_stats=batch_stats), metrics
 
     return train_step
