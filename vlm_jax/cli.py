@@ -97,7 +97,8 @@ def _init_distributed(args) -> None:
     import jax
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(args.coordinator, num_processes=args.num_processes, process_id=args.process_id,
-                               initialization_timeout=args.init_timeout)
+                               initialization_timeout=args.init_timeout,
+                               heartbeat_timeout_seconds=args.heartbeat_timeout)
 
 
 def _compilation_cache() -> None:
@@ -258,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--num_processes", type=int, default=_env_int("JAX_NUM_PROCESSES"))
     train.add_argument("--process_id", type=int, default=_env_int("JAX_PROCESS_ID"))
     train.add_argument("--init_timeout", type=int, default=300, help="seconds to wait for the other processes")
+    train.add_argument("--heartbeat_timeout", type=int, default=100,
+                       help="seconds without a heartbeat before a process counts as dead and every other one stops")
     train.set_defaults(func=_train)
 
     evaluate = commands.add_parser("eval", help="evaluate a run's checkpoint; merges into its results.json")

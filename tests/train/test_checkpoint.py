@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 
-from vlm_jax.errors import UserError
+from vlm_jax.errors import TrainingFault, UserError
 from vlm_jax.train import checkpoint, optim
 
 REPO = Path(__file__).resolve().parents[2]
@@ -150,6 +150,115 @@ def test_restore_params_takes_some_modules_and_refuses_absent_ones(tmp_path):
         with pytest.raises(UserError, match="has no parameters for caption_decoder"):
             ckpt.restore_params(2, {"video_encoder": abstract["video_encoder"],
                                     "caption_decoder": abstract["text_encoder"]})
+
+
+def _state_with_data(seed):
+    """`_state` plus an array big enough that its bytes are most of the step's largest data file."""
+    state = _state(seed)
+    big = {"data": jax.random.normal(jax.random.key(seed), (50_000,))}
+    return {**state, "params": {**state["params"], "big": big}}
+
+
+def _largest_array_file(step_dir):
+    return max((step_dir / checkpoint.STATE).glob("ocdbt.process_0/d/*"), key=lambda p: p.stat().st_size)
+
+
+def _truncate(step_dir):
+    path = _largest_array_file(step_dir)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _garble(step_dir):
+    """Bytes flipped in the middle of the array data: orbax still decodes this, into wrong numbers."""
+    path = _largest_array_file(step_dir)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+    path.write_bytes(bytes(data))
+
+
+CORRUPTIONS = {
+    "truncated": _truncate,
+    "zero-length": lambda step_dir: _largest_array_file(step_dir).write_bytes(b""),
+    "garbled": _garble,
+    "missing": lambda step_dir: _largest_array_file(step_dir).unlink(),
+    "garbled meta": lambda step_dir: (step_dir / checkpoint.META / "metadata").write_text("{not json"),
+}
+
+
+@pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
+def test_a_damaged_latest_step_is_moved_aside_and_the_run_resumes_from_the_previous(tmp_path, corruption, caplog):
+    states = {step: _state_with_data(seed=step) for step in (1, 2, 3)}
+    with checkpoint.Checkpointer(tmp_path, async_save=False) as ckpt:
+        for step, state in states.items():
+            ckpt.save(step, state, {"next_index": step})
+    CORRUPTIONS[corruption](tmp_path / "checkpoints" / "3")
+    with checkpoint.Checkpointer(tmp_path) as ckpt:
+        step, restored, data_state = ckpt.restore_latest_valid(checkpoint.abstract_of(states[3]))
+        assert ckpt.all_steps() == [1, 2]
+    assert step == 2 and data_state == {"next_index": 2}
+    _assert_bit_exact(states[2], restored)
+    assert sorted(p.name for p in (tmp_path / "checkpoints_corrupt").iterdir()) == ["3"]
+    assert (tmp_path / "checkpoints_corrupt" / "3" / checkpoint.STATE).is_dir()  # kept, not deleted
+    warning, = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "does not restore" in r.getMessage()]
+    assert warning.startswith("checkpoint step 3 does not restore (") and "resuming from step 2" in warning
+
+
+def test_garbled_bytes_are_caught_by_the_checksums(tmp_path):
+    state = _state_with_data(0)
+    with checkpoint.Checkpointer(tmp_path, async_save=False) as ckpt:
+        ckpt.save(1, state)
+    _garble(tmp_path / "checkpoints" / "1")
+    with checkpoint.Checkpointer(tmp_path) as ckpt:
+        with pytest.raises(UserError, match=r"checkpoint step 1 is corrupt: \d+ array\(s\) differ from their checksums"):
+            ckpt.restore(1, checkpoint.abstract_of(state))
+        with pytest.raises(UserError, match="is corrupt"):
+            ckpt.restore_params(1, {"big": checkpoint.abstract_of(state["params"]["big"])})
+        # modules whose bytes are intact still load
+        intact = ckpt.restore_params(1, {"video_encoder": checkpoint.abstract_of(state["params"]["video_encoder"])})
+        _assert_bit_exact(intact["video_encoder"], state["params"]["video_encoder"])
+
+
+def test_a_full_disk_is_one_clear_error_and_loses_no_committed_step(tmp_path, monkeypatch):
+    """A write that fails mid-save (here the data-state item, with ENOSPC) names the step, the directory
+    and the cause; with max_to_keep=1 the only committed step survives, and the next run resumes from it."""
+    import errno
+
+    state = _state_with_data(0)
+    ckpt = checkpoint.Checkpointer(tmp_path, max_to_keep=1)
+    ckpt.save(1, state, {"next_index": 1})
+    ckpt.wait()
+
+    def disk_full(data_state):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(checkpoint, "_encode_data_state", disk_full)
+    message = (r"checkpoint step 2 could not be written to .*/checkpoints: No space left on device; "
+               r"the committed steps \[1\] are intact")
+    with pytest.raises(TrainingFault, match=message):
+        ckpt.save(2, _state_with_data(1), {"next_index": 2})
+        ckpt.wait()
+    monkeypatch.undo()
+    ckpt.close()
+    with checkpoint.Checkpointer(tmp_path) as reopened:
+        step, restored, data_state = reopened.restore_latest_valid(checkpoint.abstract_of(state))
+    assert step == 1 and data_state == {"next_index": 1}
+    _assert_bit_exact(state, restored)
+
+
+def test_a_model_that_fits_no_step_moves_nothing(tmp_path):
+    """Every step failing means the config changed (or all are damaged): an error, and the steps stay."""
+    state = _state()
+    with checkpoint.Checkpointer(tmp_path, async_save=False) as ckpt:
+        ckpt.save(1, state)
+        ckpt.save(2, state)
+    other = {**state, "params": {**state["params"], "video_encoder": {"w": jnp.zeros((3, 3))}}}
+    with checkpoint.Checkpointer(tmp_path) as ckpt:
+        with pytest.raises(UserError, match="no checkpoint in .* restores onto this config; step 2: "):
+            ckpt.restore_latest_valid(checkpoint.abstract_of(other))
+        assert ckpt.all_steps() == [1, 2]
+    assert not (tmp_path / "checkpoints_corrupt").exists()
+    with checkpoint.Checkpointer(tmp_path / "empty") as ckpt:
+        assert ckpt.restore_latest_valid(checkpoint.abstract_of(state)) is None
 
 
 @pytest.mark.parametrize("mode", ["min", "max"])

@@ -146,6 +146,25 @@ def test_finetune_from_part_of_a_pretraining_run(tiny_dataset, tmp_path, referen
 
 
 
+def test_a_run_resumes_past_a_garbled_latest_checkpoint(tiny_dataset, tmp_path, reference):
+    """The reference run with its latest step (40) garbled: the run warns, moves step 40 aside, resumes
+    from 36 and repeats the reference's losses exactly."""
+    import shutil
+
+    from test_checkpoint import _garble
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+    _garble(workdir / "checkpoints" / "40")
+    result = run_vlm(*train_args(tiny_dataset, workdir, "train.num_steps=40", "checkpoint.every_steps=4", *TOTAL))
+    assert "checkpoint step 40 does not restore (checkpoint step 40 is corrupt:" in result.stderr
+    assert (workdir / "checkpoints_corrupt" / "40").is_dir() and _saved_steps(workdir) == [32, 36, 40]
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert any("checkpoint/restore_s" in r and r["step"] == 36 for r in records)
+    assert sum("train/loss" in r and r["step"] == 37 for r in records) == 2  # the reference's, then the rerun's
+    expected, resumed = train_losses(reference), train_losses(workdir)
+    assert [resumed[s] for s in range(37, 41)] == [expected[s] for s in range(37, 41)]
+
+
 def test_nonfinite_steps_are_skipped_and_counted_or_stop_the_run(tiny_dataset, tmp_path, reference):
     """The reference run continued with a NaN loss weight: with `skip` every step is counted and changes
     nothing, so the new checkpoint holds the old parameters; with `stop` the run exits 1 on one line and
@@ -214,3 +233,11 @@ def test_bad_config_is_a_one_line_error(tmp_path):
                      "--config.train.task=dance", check=False)
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
     assert "train.task" in result.stderr
+
+
+def test_an_unwritable_workdir_is_a_one_line_error(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    result = run_vlm("train", "--config", "configs/pretrain.py:tiny", "--workdir", str(blocker / "run"), check=False)
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+    assert f"cannot write to the workdir {blocker / 'run'}: " in result.stderr

@@ -12,6 +12,11 @@ written (and writes `commit_success.txt` inside). A save killed half-way leaves 
 which `all_steps()` / `latest_step()` never report, and which is deleted when the next Checkpointer
 opens the directory (`cleanup_tmp_directories=True`).
 
+Integrity: `meta` also holds a checksum of every array of the state (`array_checksums`), and `restore`
+recomputes them: orbax detects truncated or missing files but returns garbled bytes that still decode
+as data. `restore_latest_valid` (how a run resumes) falls back past damaged steps to the newest good one
+and moves the damaged ones to `workdir/checkpoints_corrupt/`.
+
 Retention: the last `max_to_keep` steps, plus the `keep_best` best by `best_metric` (`best_mode` "min"
 or "max"), through orbax's `preservation_policy = AnyPreservationPolicy([LatestN, BestN])`. The legacy
 options (`max_to_keep` with `best_fn`) cannot express this: with a `best_fn` they keep only the best
@@ -29,6 +34,7 @@ committed, and a new `save` waits for the previous one first.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -39,12 +45,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
-from vlm_jax.errors import UserError
+from vlm_jax.errors import TrainingFault, UserError
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +129,52 @@ def config_hash(config: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _path_name(path: tuple) -> str:
+    """A leaf's path as `params/video_encoder/...`, the same for a TrainState and for the dict that
+    `restore_params` reads (attribute, key and index entries alike)."""
+    return "/".join(str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k)))) for k in path)
+
+
+@jax.jit
+def _leaf_checksums(leaves: list[jax.Array]) -> list[jax.Array]:
+    """One uint32 per array: the sum of its bits (as unsigned words) times position-dependent odd weights,
+    modulo 2**32. Modular sums do not depend on the order of summation, so the value is the same for any
+    sharding; a changed word or two swapped ones change it."""
+    out = []
+    for x in leaves:
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x = jax.random.key_data(x)
+        if x.dtype == jnp.bool_:
+            x = x.astype(jnp.uint8)
+        words = jax.lax.bitcast_convert_type(x, {1: jnp.uint8, 2: jnp.uint16}.get(x.dtype.itemsize, jnp.uint32))
+        words = words.reshape(-1).astype(jnp.uint32)
+        weights = jnp.arange(words.size, dtype=jnp.uint32) * jnp.uint32(2654435761) | jnp.uint32(1)
+        out.append(jnp.sum(words * weights, dtype=jnp.uint32))
+    return out
+
+
+def array_checksums(tree: Any) -> dict[str, int]:
+    """{leaf path: checksum} of every array in `tree`, computed where the arrays live (one small program):
+    what a checkpoint stores in its `meta`, and what `restore` recomputes to catch corrupted bytes that
+    still decode (orbax does not checksum array data)."""
+    named = [(_path_name(path), leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+             if isinstance(leaf, jax.Array)]
+    sums = jax.device_get(_leaf_checksums([leaf for _, leaf in named]))
+    return {name: int(value) for (name, _), value in zip(named, sums)}
+
+
+def _verify(step: int, restored: Any, saved: Mapping[str, int] | None, prefix: str = "") -> None:
+    """Raise when the restored arrays' checksums differ from those saved with the step (`prefix`: where
+    `restored` sits in the saved state)."""
+    if saved is None:  # saved before checkpoints carried checksums
+        return
+    now = array_checksums(restored)
+    bad = sorted(name for name, value in now.items() if saved.get(prefix + name, value) != value)
+    if bad:
+        raise UserError(f"checkpoint step {step} is corrupt: {len(bad)} array(s) differ from their checksums, "
+                        f"first {prefix + bad[0]}")
+
+
 def abstract_of(tree: Any, shardings: Any = None) -> Any:
     """The restore target for a tree like `tree`: arrays become `jax.ShapeDtypeStruct`s carrying
     `shardings` (a matching tree of `jax.sharding.Sharding`, or one Sharding for every array), or each
@@ -194,6 +247,7 @@ class Checkpointer:
             keep_checkpoints_without_metrics=keep_checkpoints_without_metrics,
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._pending: int | None = None  # the step of the latest save started
 
     @classmethod
     def from_config(cls, workdir: str | os.PathLike, checkpoint_config: Any, config: Any = None) -> "Checkpointer":
@@ -216,15 +270,30 @@ class Checkpointer:
             return False
         metrics = {k: float(v) for k, v in metrics.items()} if metrics else None
         meta = {"step": step, "config_hash": self.config_hash, "metrics": metrics, "time": time.time(),
-                "process_count": jax.process_count(), "has_data_state": data_state is not None}
+                "process_count": jax.process_count(), "has_data_state": data_state is not None,
+                "checksums": array_checksums(state)}
         items = {STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}
         if data_state is not None:
             items[DATA] = DataStateSave(data_state)
-        return self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
+        with self._write_errors(step):
+            self._pending = step
+            return self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
 
     def wait(self) -> None:
         """Block until every started save is committed (and old steps are deleted)."""
-        self._manager.wait_until_finished()
+        with self._write_errors(self._pending):
+            self._manager.wait_until_finished()
+
+    @contextlib.contextmanager
+    def _write_errors(self, step: int | None):
+        """A failed write (disk full, no permission) as one line. Nothing committed is lost: the step was
+        being written to a temporary directory, and old steps are deleted only after a commit."""
+        try:
+            yield
+        except OSError as error:
+            raise TrainingFault(f"checkpoint step {step} could not be written to {self.directory}: "
+                                f"{error.strerror or error}; the committed steps {self.all_steps()} are intact"
+                                ) from error
 
     # querying
 
@@ -254,7 +323,8 @@ class Checkpointer:
         `jax.ShapeDtypeStruct(shape, dtype, sharding=...)` (see `abstract_of`), so arrays land on its
         shardings, which may be a different mesh from the one saved; its node types (optax states, flax
         dataclasses) are the ones returned. With None, arrays come back with the saved shardings, which
-        needs the same devices. `data_state` is None when none was saved for this process."""
+        needs the same devices. `data_state` is None when none was saved for this process. Raises
+        UserError when the arrays differ from the checksums saved with them."""
         step = self._resolve(step)
         self.wait()
         step_dir = self.directory / str(step)
@@ -264,10 +334,52 @@ class Checkpointer:
             items[DATA] = DataStateRestore()
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         meta = restored[META]
+        _verify(step, restored[STATE], meta.get("checksums"))
         if self.config_hash and meta.get("config_hash") and meta["config_hash"] != self.config_hash:
             log.warning("restoring step %d saved with config hash %s; the current config's is %s",
                         step, meta["config_hash"], self.config_hash)
         return restored[STATE], (restored[DATA] if has_data else None)
+
+    def restore_latest_valid(self, abstract_state: Any) -> tuple[int, Any, Any] | None:
+        """(step, state, data_state) of the newest step that restores onto `abstract_state` and matches its
+        checksums; None when there is no checkpoint.
+
+        Newer steps that fail while an older one restores are damaged (the same target fits the older
+        one): each is moved to `workdir/checkpoints_corrupt/` with a warning that names what was wrong,
+        never deleted. When no step restores, the likelier cause is a config whose model does not fit
+        the checkpoints, so nothing is moved and the latest step's error is raised."""
+        failures: dict[int, str] = {}
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                state, data_state = self.restore(step, abstract_state)
+            except Exception as error:  # judged below: damage if an older step restores, else a mismatch
+                failures[step] = " ".join(str(error).split())[:300] or type(error).__name__
+                continue
+            for bad, why in failures.items():
+                log.warning("checkpoint step %d does not restore (%s); moving it to %s and resuming from "
+                            "step %d", bad, why, self._move_aside(bad), step)
+            if failures:
+                self.reload()
+            return step, state, data_state
+        if failures:
+            latest = max(failures)
+            raise UserError(f"no checkpoint in {self.directory} restores onto this config; step {latest}: "
+                            f"{failures[latest]}")
+        return None
+
+    def _move_aside(self, step: int) -> Path:
+        """Move a damaged step out of the manager's sight, keeping its files for inspection."""
+        target = self.directory.parent / "checkpoints_corrupt" / str(step)
+        if jax.process_index() == 0:
+            target.parent.mkdir(exist_ok=True)
+            suffix = 1
+            while target.exists():
+                target, suffix = target.with_name(f"{step}.{suffix}"), suffix + 1
+            os.rename(self.directory / str(step), target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(f"checkpoint_move_aside_{step}")
+        return target
 
     def restore_params(self, step: int | None, abstract_params: Mapping[str, Any]) -> dict[str, Any]:
         """Only the parameter modules in `abstract_params` ({top-level module: abstract tree}, see
@@ -285,6 +397,7 @@ class Checkpointer:
                         if any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(tree)))
         if absent:
             raise UserError(f"checkpoint step {step} in {self.directory} has no parameters for {', '.join(absent)}")
+        _verify(step, params, self.metadata(step).get("checksums"), prefix="params/")
         return params
 
     def _resolve(self, step: int | None) -> int:
@@ -299,8 +412,10 @@ class Checkpointer:
 
     def close(self) -> None:
         """Wait for pending saves and release the manager's threads."""
-        self._manager.wait_until_finished()
-        self._manager.close()
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
 
     def __enter__(self) -> "Checkpointer":
         return self

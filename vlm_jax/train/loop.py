@@ -182,8 +182,12 @@ class _MetricsWriter:
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
         if not self.enabled:
             return
-        self.jsonl.write(json.dumps({"step": int(step), **{k: _number(v) for k, v in metrics.items()}}) + "\n")
-        self.jsonl.flush()
+        try:
+            self.jsonl.write(json.dumps({"step": int(step), **{k: _number(v) for k, v in metrics.items()}}) + "\n")
+            self.jsonl.flush()
+        except OSError as error:
+            raise TrainingFault(f"metrics could not be written to {self.jsonl.name}: {error.strerror or error}") \
+                from error
         for name, value in metrics.items():
             if isinstance(value, (int, float)) and math.isfinite(value):
                 self.tensorboard.add_scalar(name, value, step)
@@ -242,16 +246,16 @@ def ensure_data(config: Any) -> None:
 
 
 def _initial_state(run: Run, checkpointer: checkpoint_lib.Checkpointer, train_iter) -> tuple[TrainState, dict]:
-    """Resume from the workdir's latest checkpoint, else a fresh state (optionally `init_from`)."""
+    """Resume from the workdir's newest valid checkpoint, else a fresh state (optionally `init_from`)."""
     info: dict[str, float] = {}
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        start = time.perf_counter()
-        state, data_state = checkpointer.restore(latest, run.factory.abstract())
+    start = time.perf_counter()
+    restored = checkpointer.restore_latest_valid(run.factory.abstract())
+    if restored is not None:
+        step, state, data_state = restored
         info["checkpoint/restore_s"] = time.perf_counter() - start
         if data_state is not None:
             train_iter.set_state(data_state)
-        log.info("resumed from step %d", latest)
+        log.info("resumed from step %d", step)
         return state, info
     state = run.factory.create()
     init_from = run.config.init_from
@@ -287,6 +291,7 @@ def load_pretrained(run: Run, state: TrainState, init_from: Any) -> TrainState:
 def train(config: Any, workdir: str | Path, evaluators: Iterable[Callable[[Run], Evaluator]] = ()) -> dict[str, float]:
     """Run (or resume) training as the module doc describes; returns the final results."""
     workdir = Path(workdir)
+    _check_writable(workdir)
     if jax.process_index() == 0:
         config_lib.write(config, workdir)
     ensure_data(config)
@@ -308,6 +313,17 @@ def train(config: Any, workdir: str | Path, evaluators: Iterable[Callable[[Run],
     if results is None:
         raise SystemExit(143)
     return results
+
+
+def _check_writable(workdir: Path) -> None:
+    """Fail before any work when this process cannot write to the workdir."""
+    probe = workdir / f".write_test_{jax.process_index()}"
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"cannot write to the workdir {workdir}: {error.strerror or error}") from None
 
 
 def _evaluate(evaluators: list[Evaluator], state: TrainState, split: str) -> dict[str, float]:
