@@ -27,6 +27,8 @@ def test_overrides_are_parsed_to_the_field_type():
     assert config.train.batch_size == 64 and config.data.augment.flip is False
     assert config.mesh.shape == (2, 4, 1) and config.data.augment.min_crop_scale == 1.0
     assert config.data.source == "/videos" and config.model.audio.name is None
+    remat = config_lib.load(f"{PRETRAIN}:tiny", ["model.fusion.remat=none", "model.video.vivit.remat=dots"]).model
+    assert remat.fusion.remat == "none" and remat.video.vivit.remat == "dots"  # strings, not None
 
 
 @pytest.mark.parametrize("override, message", [
@@ -45,6 +47,9 @@ def test_overrides_are_parsed_to_the_field_type():
     ("model.audio.name=wav", r"model.audio.name must be one of audio_transformer, None \(got 'wav'\)"),
     ("model.fusion.name=sum", r"model.fusion.name must be one of dual, add,"),
     ("model.caption.name=lstm", r"model.caption.name must be one of transformer, linear"),
+    ("model.video.vivit.variant=divided", r"model.video.vivit.variant must be one of joint, factorised_encoder,"),
+    ("model.text.bert.remat=all", r"model.text.bert.remat must be one of none, .* \(got 'all'\)"),
+    ("model.fusion.remat=some", r"model.fusion.remat must be one of"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(UserError, match=message):

@@ -91,7 +91,7 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
 def parse_value(key: str, text: str, expected: type) -> Any:
     """`text` as the field's declared type (any Python literal, else a string, when it is untyped None)."""
     text = text.strip()
-    if text.lower() == "none" and not issubclass(expected, (bool, int, float)):
+    if text == "None" and not issubclass(expected, (bool, int, float)):  # "none" stays a string (remat=none)
         return None
     try:
         if expected is bool:
@@ -145,6 +145,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key, names in choices.items():
         value = config.model[key.split(".")[1]].name
         _check(value in names, key, f"must be one of {', '.join(map(str, names))}", value)
+    for key, allowed, value in vlm.field_problems(config.model):
+        _check(False, key, f"must be one of {allowed}", value)
     if config.model.fusion.name == "dual":  # a dual encoder: no fused tokens to match or to fill in
         for loss in ("vtm", "mlm"):
             _check(not config.losses.get(loss, 0.0), f"losses.{loss}", "must be 0 with model.fusion.name=dual",

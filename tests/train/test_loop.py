@@ -7,6 +7,7 @@ compile; they run in subprocesses exactly as a user would.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -228,11 +229,19 @@ def _leaves(tree):
     return jax.tree.leaves(tree)
 
 
-def test_bad_config_is_a_one_line_error(tmp_path):
-    result = run_vlm("train", "--config", "configs/pretrain.py:tiny", "--workdir", str(tmp_path),
-                     "--config.train.task=dance", check=False)
-    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
-    assert "train.task" in result.stderr
+@pytest.mark.parametrize("override, message", [
+    ("train.task=dance", "config key train.task must be one of"),
+    ("model.fusion.name=dual", "config key losses.vtm must be 0 with model.fusion.name=dual"),
+    ("mesh.shape=(2,1,1)", r"mesh.shape \(2, 1, 1\) asks for 2 devices but only 1 exist"),
+])
+def test_bad_config_is_a_one_line_error_before_any_work(tmp_path, override, message):
+    """Exit 2 with one line, before the data set is built or anything is compiled."""
+    data_dir = tmp_path / "data"
+    result = run_vlm("train", "--config", "configs/pretrain.py:tiny", "--workdir", str(tmp_path / "run"),
+                     f"--config.data.data_dir={data_dir}", f"--config.{override}", check=False)
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr[-2000:]
+    assert re.search(message, result.stderr), result.stderr
+    assert not data_dir.exists()
 
 
 def test_an_unwritable_workdir_is_a_one_line_error(tmp_path):

@@ -42,7 +42,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vlm_jax import config as config_lib
 from vlm_jax import parallel
@@ -59,6 +59,16 @@ class Evaluator(Protocol):
     def __call__(self, state: TrainState, split: str) -> dict[str, float]: ...
 
 
+def make_mesh(config: Any) -> Mesh:
+    """The config's mesh over every device of every process; UserError when it does not fit the devices or
+    the batch does not split over its data axes."""
+    mesh = parallel.make_mesh(config.mesh.shape, config.mesh.axes)
+    if config.train.batch_size % parallel.batch_shards(mesh):
+        raise UserError(f"train.batch_size={config.train.batch_size} is not a multiple of the mesh's batch "
+                        f"shards (data x fsdp = {parallel.batch_shards(mesh)})")
+    return mesh
+
+
 class Run:
     """Everything a run builds from its config: mesh, model, optimizer, jitted steps, data spec.
 
@@ -68,13 +78,10 @@ class Run:
     def __init__(self, config: Any):
         self.config = config
         self.settings = steps.Settings.from_config(config)
-        self.mesh = parallel.make_mesh(config.mesh.shape, config.mesh.axes)
+        self.mesh = make_mesh(config)
         self.rules = parallel.rules_for(self.mesh, config.mesh.rules)
         self.batch_sharding = parallel.batch_sharding(self.mesh)
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
-        if config.train.batch_size % parallel.batch_shards(self.mesh):
-            raise UserError(f"train.batch_size={config.train.batch_size} is not a multiple of the mesh's batch "
-                            f"shards (data x fsdp = {parallel.batch_shards(self.mesh)})")
         self.spec = pipeline.Spec.from_config(config)
         dataset = builders.open_dataset(self.spec.dataset_path)
         self.vocabulary = pipeline.Vocabulary.of(dataset)
@@ -291,6 +298,7 @@ def load_pretrained(run: Run, state: TrainState, init_from: Any) -> TrainState:
 def train(config: Any, workdir: str | Path, evaluators: Iterable[Callable[[Run], Evaluator]] = ()) -> dict[str, float]:
     """Run (or resume) training as the module doc describes; returns the final results."""
     workdir = Path(workdir)
+    make_mesh(config)  # a mesh that cannot be is an error before the data set is built
     _check_writable(workdir)
     if jax.process_index() == 0:
         config_lib.write(config, workdir)
