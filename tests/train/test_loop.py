@@ -89,41 +89,76 @@ def _wait_for_step(process, workdir, step, timeout=300):
     raise AssertionError("run too slow")
 
 
-def test_killed_runs_resume_exactly(tiny_dataset, tmp_path, reference):
-    """Two long runs are stopped mid-way: SIGTERM saves at the next step and exits 143; SIGKILL loses the
-    steps since the last periodic checkpoint (every 4). Restarted with 12 steps, every step after its restore
-    point equals the uninterrupted reference bit for bit. (Both runs go side by side, to share the cores'
-    idle time during start-up.)"""
-    signals = {"SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL}
-    workdirs = {how: tmp_path / how for how in signals}
-    processes = {}
-    for how, workdir in workdirs.items():
-        workdir.mkdir()
-        processes[how] = _start(train_args(tiny_dataset, workdir, "train.num_steps=1000", "checkpoint.every_steps=4",
-                                           "eval.splits=()", *TOTAL), workdir)
-    for how, process in processes.items():
-        _wait_for_step(process, workdirs[how], 5)
-        process.send_signal(signals[how])
-    restarts = {}
-    for how, process in processes.items():
-        code, steps = process.wait(timeout=120), _saved_steps(workdirs[how])
-        if how == "SIGTERM":
-            assert code == 143, (workdirs[how] / "stderr.txt").read_text()[-2000:]
-            assert steps[-1] >= 5  # saved where it stopped, not only at the last periodic save
+def test_sigterm_saves_where_it_stops_and_the_run_resumes_exactly(tiny_dataset, tmp_path, reference):
+    """SIGTERM saves at the next step and exits 143; restarted with 12 steps, every step after the save
+    equals the uninterrupted reference bit for bit."""
+    args = lambda steps: train_args(tiny_dataset, tmp_path, f"train.num_steps={steps}", "checkpoint.every_steps=4",
+                                    "eval.splits=()", *TOTAL)
+    process = _start(args(1000), tmp_path)
+    _wait_for_step(process, tmp_path, 5)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 143, (tmp_path / "stderr.txt").read_text()[-2000:]
+    restart = _saved_steps(tmp_path)[-1]
+    assert restart >= 5  # saved where it stopped, not only at the last periodic save
+    if restart >= 12:
+        pytest.skip(f"the run passed step 12 before SIGTERM landed (saved at {restart})")
+    assert _start(args(12), tmp_path).wait(timeout=300) == 0, (tmp_path / "stderr.txt").read_text()[-2000:]
+    expected, resumed = train_losses(reference), train_losses(tmp_path)
+    assert [resumed[s] for s in range(restart + 1, 13)] == [expected[s] for s in range(restart + 1, 13)]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any("checkpoint/restore_s" in r and r["step"] == restart for r in records)
+
+
+def _kill_during_a_save(process, workdir, timeout=300):
+    """SIGKILL while an asynchronous checkpoint save of this process is being written (its temporary
+    directory exists); returns whether one was caught. Only once the process has trained a step: by then
+    it has cleared any temporary directory an earlier kill left behind."""
+    metrics, folder, deadline = workdir / "metrics.jsonl", workdir / "checkpoints", time.monotonic() + timeout
+    earlier = len(metrics.read_text().splitlines())
+    trained = lambda: any("train/loss" in line for line in metrics.read_text().splitlines()[earlier:])
+
+    def writing():
+        try:
+            return any(".orbax-checkpoint-tmp" in p.name for p in folder.iterdir())
+        except FileNotFoundError:  # renamed or removed while listed
+            return False
+    while not trained():
+        if time.monotonic() > deadline or process.poll() is not None:
+            return False
+        time.sleep(0.05)
+    while time.monotonic() < deadline and process.poll() is None:
+        if writing():
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=60)
+            return True
+        time.sleep(0.002)
+    return False
+
+
+def test_repeated_sigkills_resume_to_the_uninterrupted_result(tiny_dataset, tmp_path, reference):
+    """The reference's 40 steps, SIGKILLed twice (at a seeded random step, then during an asynchronous
+    save) and restarted each time: each restart resumes from the last committed save, the final loss curve
+    equals the reference's bit for bit and so do the final parameters."""
+    rng = np.random.default_rng(0)
+    args = train_args(tiny_dataset, tmp_path, "train.num_steps=40", "checkpoint.every_steps=4", "eval.splits=()",
+                      *TOTAL)
+    kills = []
+    for during_a_save in (False, True):
+        process = _start(args, tmp_path)
+        if during_a_save:
+            assert _kill_during_a_save(process, tmp_path), "no save in flight was caught"
         else:
-            assert code == -signal.SIGKILL and steps[-1] % 4 == 0  # only committed periodic saves count
-        restarts[how] = steps[-1]
-    resumes = {how: _start(train_args(tiny_dataset, workdirs[how], "train.num_steps=12", "checkpoint.every_steps=4",
-                                      *TOTAL), workdirs[how]) for how in signals if restarts[how] < 12}
-    if not resumes:
-        pytest.skip(f"both runs passed step 12 before the signals landed: {restarts}")
-    expected = train_losses(reference)
-    for how, process in resumes.items():
-        assert process.wait(timeout=300) == 0, (workdirs[how] / "stderr.txt").read_text()[-2000:]
-        restart, resumed = restarts[how], train_losses(workdirs[how])
-        assert [resumed[s] for s in range(restart + 1, 13)] == [expected[s] for s in range(restart + 1, 13)], how
-        records = [json.loads(line) for line in (workdirs[how] / "metrics.jsonl").read_text().splitlines()]
-        assert any("checkpoint/restore_s" in r and r["step"] == restart for r in records), how
+            _wait_for_step(process, tmp_path, int(rng.integers(5, 12)))
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=60)
+        kills.append((max(train_losses(tmp_path)), _saved_steps(tmp_path)[-1]))
+    assert _start(args, tmp_path).wait(timeout=300) == 0, (tmp_path / "stderr.txt").read_text()[-2000:]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "checkpoint/restore_s" in r] == [saved for _, saved in kills], kills
+    assert train_losses(tmp_path) == train_losses(reference)
+    like = _abstract_params(tiny_dataset)
+    for a, b in zip(_leaves(checkpoint_params(reference, like)), _leaves(checkpoint_params(tmp_path, like))):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_finetune_from_part_of_a_pretraining_run(tiny_dataset, tmp_path, reference):
@@ -171,9 +206,6 @@ def test_nonfinite_steps_are_skipped_and_counted_or_stop_the_run(tiny_dataset, t
     nothing, so the new checkpoint holds the old parameters; with `stop` the run exits 1 on one line and
     saves nothing after the fault."""
     import shutil
-
-    from test_steps import make_config
-    from vlm_jax.train import loop
     workdir = tmp_path / "run"
     shutil.copytree(reference, workdir)
     nan = ("losses.contrastive=nan", "checkpoint.every_steps=2", *TOTAL)
@@ -184,7 +216,7 @@ def test_nonfinite_steps_are_skipped_and_counted_or_stop_the_run(tiny_dataset, t
                                                                                     for s in range(41, 45)]
     assert json.loads((workdir / "results.json").read_text())["train/nonfinite_steps"] == 4
     assert _saved_steps(workdir) == [40, 42, 44]
-    like = loop.Run(make_config(tiny_dataset)).factory.abstract().params
+    like = _abstract_params(tiny_dataset)
     at_40, at_44 = checkpoint_params(reference, like), checkpoint_params(workdir, like)
     assert sorted(at_44) == sorted(like)
     for a, b in zip(_leaves(at_40), _leaves(at_44)):
@@ -222,6 +254,13 @@ def checkpoint_params(workdir, like):
 def _numpy(tree):
     import jax
     return jax.tree.map(np.asarray, tree)
+
+
+def _abstract_params(tiny_dataset):
+    """The micro model's parameters as shapes, the target for `checkpoint_params`."""
+    from test_steps import make_config
+    from vlm_jax.train import loop
+    return loop.Run(make_config(tiny_dataset)).factory.abstract().params
 
 
 def _leaves(tree):
