@@ -143,7 +143,13 @@ def mvm_loss(pred: jax.Array, target: jax.Array, weights: jax.Array | None = Non
 
 
 class _CachedDecoder(nn.Module):
-    """What generation needs from a caption decoder: `decode=True` steps one token per call on a cache."""
+    """The fields every caption decoder has, and what generation needs from one: `decode=True` steps one
+    token per call on a cache."""
+    vocab_size: int = 30522
+    width: int = 256
+    decode: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
 
     def init_cache(self, params, video: Encoded, audio: Encoded | None = None, *, max_len: int):
         """An empty decoding cache (KV and position) for `max_len` steps, for the batch of `video`.
@@ -172,16 +178,11 @@ class CaptionDecoder(_CachedDecoder):
         logits, mutated = decoder.apply({"params": params, "cache": cache}, token, video, mutable=["cache"])
         cache = mutated["cache"]
     """
-    vocab_size: int = 30522
-    width: int = 256
     depth: int = 2
     num_heads: int = 4
     mlp_dim: int = 1024
     dropout: float = 0.0
     remat: str = "none"
-    decode: bool = False
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, tokens: jax.Array, video: Encoded, audio: Encoded | None = None, *,
@@ -210,12 +211,7 @@ class LinearCaptionDecoder(_CachedDecoder):
     floor the transformer decoder has to beat. Same interface, training and decoding as `CaptionDecoder`;
     its cache holds only the position.
     """
-    vocab_size: int = 30522
-    width: int = 256
     max_len: int = 64
-    decode: bool = False
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, tokens: jax.Array, video: Encoded, audio: Encoded | None = None, *,
