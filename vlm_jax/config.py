@@ -20,6 +20,8 @@ import ml_collections
 from vlm_jax.errors import UserError
 
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+# The reference config: every key a config may hold, and the type of each, is the one pretrain.py declares.
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def load(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
@@ -45,6 +47,8 @@ def _from_file(path: str, arg: str) -> ml_collections.ConfigDict:
     try:
         return module.get_config(arg or None)
     except ValueError as e:  # config files raise ValueError for an unknown preset
+        raise UserError(f"{path}: {e}") from None
+    except TypeError as e:  # ml_collections refuses a value of another type than the field's
         raise UserError(f"{path}: {e}") from None
 
 
@@ -78,14 +82,17 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
         raise UserError(f"config override {override!r} is not KEY=VALUE")
     known = flatten(config)
     if key not in known:
-        close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise UserError(f"unknown config key {key!r}{hint}")
+        _unknown(key, known)
     *parents, leaf = key.split(".")
     node = config
     for parent in parents:
         node = node[parent]
     node[leaf] = parse_value(key, text, node.get_type(leaf))
+
+
+def _unknown(key: str, known: Iterable[str]) -> None:
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    raise UserError(f"unknown config key {key!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
 
 
 def parse_value(key: str, text: str, expected: type) -> Any:
@@ -117,6 +124,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """Constraints checked before anything is built or compiled; each failure names its key."""
     from vlm_jax.data import builders  # data sits beside the config, not above it
 
+    check_keys_and_types(config)
     data = config.data
     _check(data.name in ("moving_shapes", "video_folder"), "data.name", "must be moving_shapes or video_folder",
            data.name)
@@ -154,6 +162,71 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(len(config.mesh.shape) == len(config.mesh.axes), "mesh.shape", "must have one entry per mesh.axes",
            config.mesh.shape)
     _check(list(config.mesh.shape).count(-1) <= 1, "mesh.shape", "may hold at most one -1", config.mesh.shape)
+
+
+def check_keys_and_types(config: ml_collections.ConfigDict) -> None:
+    """Every key must be one that pretrain.py declares, holding a value of its type (a config file or a
+    config.json can add keys that nothing reads: a typo there would be silently ignored). Loss weights
+    must name losses of the run's task; empty blocks (`optim.lr_multipliers`) are open maps."""
+    from vlm_jax.train.steps import TASK_LOSSES
+
+    schema = reference_config(config.get("preset"))
+    known = flatten(schema)
+    open_maps = [key for key, value in _blocks(schema) if not value]
+    for key, value in flatten(config).items():
+        if any(key == m or key.startswith(m + ".") for m in open_maps):
+            continue
+        if key.startswith("losses.") and config.train.task in TASK_LOSSES:  # (validate names a bad task)
+            losses = TASK_LOSSES.get(config.train.task, ())
+            _check(key.removeprefix("losses.") in losses, key, f"is not a loss of train.task={config.train.task!r} "
+                   f"(its losses: {', '.join(losses)})", value)
+            _check(_is_number(value), key, "must be a number", value)
+            continue
+        if key not in known:
+            _unknown(key, known)
+        *parents, leaf = key.split(".")
+        node = schema
+        for parent in parents:
+            node = node[parent]
+        expected = node.get_type(leaf)
+        if not _fits(value, expected):
+            raise UserError(f"config key {key} expects {expected.__name__}, got {type(value).__name__} {value!r}")
+
+
+def reference_config(preset: str | None) -> ml_collections.ConfigDict:
+    """pretrain.py's config for `preset` (its default when the preset is not one of pretrain.py's)."""
+    pretrain = load_file(CONFIGS_DIR / "pretrain.py")
+    return pretrain.get_config(preset if preset in pretrain.PRESETS else None)
+
+
+def _blocks(config: ml_collections.ConfigDict, prefix: str = ""):
+    """(dotted key, block) for every nested block."""
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            yield f"{prefix}{key}", value
+            yield from _blocks(value, f"{prefix}{key}.")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _fits(value: Any, expected: type) -> bool:
+    """Whether `value` may stand where the reference holds an `expected`: an int is a float, a list is a
+    tuple, and None (no such part: model.audio.name=None) fits anything but a bool or a number."""
+    if value is None:
+        return not issubclass(expected, (bool, int, float))
+    if expected is bool:
+        return isinstance(value, bool)
+    if expected is float:
+        return _is_number(value)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected in (tuple, list):
+        return isinstance(value, (tuple, list))
+    if expected is type(None):
+        return True
+    return isinstance(value, expected)
 
 
 def _check(ok: bool, key: str, constraint: str, value: Any) -> None:

@@ -121,7 +121,7 @@ def test_flip_swaps_left_and_right_in_the_text(tiny_dataset):
     source = dataset.as_data_source(split="train")
     spec = pipeline.Spec(dataset_path=str(tiny_dataset), num_frames=16, image_size=64, max_text_len=40, batch_size=1,
                          seed=0, flip=True)
-    transform = pipeline.Transform(spec, pipeline.Vocabulary.of(dataset))
+    transform = pipeline.transform(spec, dataset)
     example = next(e for e in (source[i] for i in range(len(source)))
                    if len(e["object_motions"]) == 1 and e["object_motions"][0] == b"left")
     flipped_seen = kept_seen = direction_answers = 0

@@ -169,19 +169,24 @@ class ClipSource:
 def dataset_clips(run: Run, split: str, limit: int = 0, start: int = 0) -> ClipSource:
     """The clips of a split of the run's data set from position `start` up to `limit` (0: the end),
     prepared as for evaluation; metadata holds the captions and scene attributes."""
-    _, source = pipeline.open_split(run.spec, split)
-    transform = pipeline.Transform(run.spec, run.vocabulary)
-    stop = len(source) if limit <= 0 else min(limit, len(source))
+    dataset, split_source = pipeline.open_split(run.spec, split)
+    records, transform = pipeline.TolerantSource(split_source), pipeline.transform(run.spec, dataset)
+    stop = len(records) if limit <= 0 else min(limit, len(records))
+    source = ClipSource(max(0, stop - start), iter(()))
 
     def clips() -> Iterator[Clip]:
         for position in range(start, stop):
-            example = source[position]
+            example = records[position]
             arrays = transform(example, None)
+            if pipeline.skipped(arrays):
+                source.skipped.append((f"{split}:{position}", "an unreadable or malformed record"))
+                continue
             metadata = {"source": "dataset", "split": split, "position": position,
                         "captions": pipeline.texts(example["captions"])}
             metadata.update(pipeline.attributes_of(example))
             yield Clip(pipeline.text(example["id"]), arrays["video"], arrays["audio"], metadata)
-    return ClipSource(max(0, stop - start), clips())
+    source.clips = clips()
+    return source
 
 
 def file_clips(run: Run, paths: Sequence[str | Path]) -> ClipSource:

@@ -5,6 +5,13 @@ per clip; evaluation batches carry every caption and every question, padded,
 with validity masks, and are padded to full batches (`valid` marks real clips).
 Videos stay uint8 on the host (4x less to move than float32); audio is float32
 in [-1, 1]. The iterator's state (`get_state` / `set_state`) resumes exactly.
+
+Bad records never stop a run. A record that cannot be read, or whose arrays do not have the stored
+shape and dtype, becomes a blank clip with every caption and question invalid (so no loss, gradient or
+metric sees it; in evaluation its `valid` is False); empty captions are dropped, texts longer than
+`data.max_text_len` are truncated, and bytes that are not UTF-8 are dropped (decoded as U+FFFD, which the
+tokenizer's text clean-up removes). Each example carries `data/<issue>`, its count of each of
+`DATA_ISSUES`, which the trainer sums into `train/data/<issue>` in metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -21,6 +28,15 @@ from PIL import Image
 
 from vlm_jax.data import builders, moving_shapes, tokenizer, video_io
 from vlm_jax.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DATA_ISSUES = ("unreadable", "wrong_shape", "empty_captions", "truncated_texts", "non_utf8_texts")
+
+
+def skipped(example: dict) -> np.ndarray:
+    """Whether the example (or each example of a batch) was replaced by a blank clip."""
+    return (np.asarray(example["data/unreadable"]) > 0) | (np.asarray(example["data/wrong_shape"]) > 0)
 
 # Words a horizontal flip swaps, so that text stays true to the flipped pixels.
 _FLIP_WORDS = {"left": "right", "right": "left", "leftward": "rightward", "rightward": "leftward"}
@@ -111,6 +127,19 @@ def texts(values) -> list[str]:
     return [text(v) for v in values]
 
 
+def _decode_counting(values, issues: np.ndarray) -> list[str]:
+    """`texts(values)`, counting the values that were not valid UTF-8."""
+    out = []
+    for value in values:
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError:
+                issues[DATA_ISSUES.index("non_utf8_texts")] += 1
+        out.append(text(value))
+    return out
+
+
 def _resize(video: np.ndarray, size: int) -> np.ndarray:
     if video.shape[1] == size and video.shape[2] == size:
         return video
@@ -124,21 +153,49 @@ def _swap_sides(text: str) -> str:
 class Transform:
     """Decoded example -> model-ready arrays; `rng` None means evaluation (deterministic)."""
 
-    def __init__(self, spec: Spec, vocab: Vocabulary):
-        self.spec, self.vocab = spec, vocab
+    def __init__(self, spec: Spec, vocab: Vocabulary, blank: dict):
+        self.spec, self.vocab, self.blank = spec, vocab, blank
         self.answer_ids = {a: i for i, a in enumerate(vocab.answers)}
         self.type_ids = {t: i for i, t in enumerate(vocab.question_types)}
 
     def __call__(self, example: dict, rng: np.random.Generator | None) -> dict:
+        issues = np.zeros(len(DATA_ISSUES), np.int32)
+        if _UNREADABLE in example:
+            log.warning("data: skipping a clip: %s", example[_UNREADABLE])
+            issues[DATA_ISSUES.index("unreadable")] = 1
+            example = self.blank
+        elif problem := self.shape_problem(example):
+            log.warning("data: skipping clip %s: %s", text(example.get("id", "?")), problem)
+            issues[DATA_ISSUES.index("wrong_shape")] = 1
+            example = self.blank
+        out = self._transform(example, rng, issues)
+        out.update({f"data/{name}": count for name, count in zip(DATA_ISSUES, issues)})
+        return out
+
+    def shape_problem(self, example: dict) -> str | None:
+        """What is wrong with the arrays (missing, or another shape or dtype than stored), or None."""
+        for key, stored in self.blank.items():
+            if isinstance(stored, np.ndarray) and stored.ndim:
+                value = example.get(key)
+                if not isinstance(value, np.ndarray) or value.shape != stored.shape or value.dtype != stored.dtype:
+                    found = "missing" if value is None else f"{getattr(value, 'shape', '?')} {getattr(value, 'dtype', '?')}"
+                    return f"{key} is {found}, not {stored.shape} {stored.dtype}"
+        return None
+
+    def _transform(self, example: dict, rng: np.random.Generator | None, issues: np.ndarray) -> dict:
         spec = self.spec
         video = example["video"]
         mode = "uniform" if rng is None else "random_segment"
         frames = video_io.sample_frame_indices(video.shape[0], spec.num_frames, mode, rng)
         video = video[frames]
         boxes = example["boxes"][frames] if "boxes" in example else None
-        strings = {k: texts(example[k]) for k in
-                ("captions", "hard_negatives", "hard_negative_kinds", "questions", "answers", "question_types",
-                 "choices")}
+        strings = {k: _decode_counting(example[k], issues) for k in
+                   ("captions", "hard_negatives", "hard_negative_kinds", "questions", "answers", "question_types",
+                    "choices")}
+        for key in ("captions", "hard_negatives"):
+            kept = [t for t in strings[key] if t.strip()]
+            issues[DATA_ISSUES.index("empty_captions")] += len(strings[key]) - len(kept)
+            strings[key] = kept
         if rng is not None and spec.min_crop_scale < 1.0:
             video, boxes = _random_crop(video, boxes, rng, spec.min_crop_scale)
         video = _resize(video, spec.image_size)
@@ -155,25 +212,26 @@ class Transform:
         }
         if boxes is not None:
             out["boxes"] = boxes.astype(np.float32)
-        out.update(self._captions(strings, rng))
-        out.update(self._questions(strings, rng))
+        out.update(self._captions(strings, rng, issues))
+        out.update(self._questions(strings, rng, issues))
         return out
 
-    def _captions(self, text: dict, rng) -> dict:
+    def _captions(self, text: dict, rng, issues: np.ndarray) -> dict:
         """Training: one random caption and one hard negative. Evaluation: every caption, padded."""
         captions, negatives = text["captions"], text["hard_negatives"]
         if rng is None:
             kept = captions[:self.spec.max_captions]
-            ids, mask = _encode_padded(kept, self.spec.max_captions, self.spec.max_text_len)
+            ids, mask = _encode_padded(kept, self.spec.max_captions, self.spec.max_text_len, issues)
             return {"captions": ids, "caption_masks": mask,
                     "caption_valid": np.arange(self.spec.max_captions) < len(kept)}
         caption = captions[rng.integers(len(captions))] if captions else ""
         negative = negatives[rng.integers(len(negatives))] if negatives else ""
-        ids, mask = tokenizer.encode([caption, negative], self.spec.max_text_len)
+        ids, mask, truncated = tokenizer.encode_counting([caption, negative], self.spec.max_text_len)
+        issues[DATA_ISSUES.index("truncated_texts")] += truncated
         return {"caption": ids[0], "caption_mask": mask[0], "caption_valid": np.asarray(bool(captions)),
                 "negative": ids[1], "negative_mask": mask[1], "has_negative": np.asarray(bool(negatives))}
 
-    def _questions(self, text: dict, rng) -> dict:
+    def _questions(self, text: dict, rng, issues: np.ndarray) -> dict:
         """Training: one random question per clip. Evaluation: all of them, padded, with question_valid."""
         spec = self.spec
         count = len(text["questions"])
@@ -182,7 +240,7 @@ class Transform:
         else:
             rows = [int(rng.integers(count))] if count else []
         width = spec.max_questions if rng is None else 1
-        ids, mask = _encode_padded([text["questions"][r] for r in rows], width, spec.max_text_len)
+        ids, mask = _encode_padded([text["questions"][r] for r in rows], width, spec.max_text_len, issues)
         answers = np.full(width, -1, np.int32)
         types = np.full(width, -1, np.int32)
         choices = np.full((width, spec.num_choices), -1, np.int32)
@@ -203,12 +261,13 @@ class Transform:
                 "choices": choices[0], "choice_answer": correct[0], "question_valid": np.asarray(bool(rows))}
 
 
-def _encode_padded(texts: list[str], rows: int, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids and masks for `texts`, padded with all-zero rows up to `rows`."""
+def _encode_padded(texts: list[str], rows: int, max_len: int, issues: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and masks for `texts`, padded with all-zero rows up to `rows`; truncations are counted."""
     ids = np.zeros((rows, max_len), np.int32)
     mask = np.zeros((rows, max_len), np.int32)
     if texts:
-        ids[:len(texts)], mask[:len(texts)] = tokenizer.encode(texts, max_len)
+        ids[:len(texts)], mask[:len(texts)], truncated = tokenizer.encode_counting(texts, max_len)
+        issues[DATA_ISSUES.index("truncated_texts")] += truncated
     return ids, mask
 
 
@@ -250,10 +309,12 @@ def train_dataset(spec: Spec, split: str = "train", num_epochs: int | None = Non
     if len(source) < spec.batch_size * spec.shard_count:
         raise UserError(f"the {split} split has {len(source)} clips, fewer than one global batch "
                         f"({spec.batch_size * spec.shard_count}); lower train.batch_size")
+    clip_transform = transform(spec, dataset)
+    _check_usable(source, clip_transform, split)
     chunks = (_indexed(source)
               .shuffle(seed=spec.seed)
               .repeat(num_epochs)
-              .random_map(_Train(Transform(spec, Vocabulary.of(dataset))), seed=spec.seed + 1)
+              .random_map(_Train(clip_transform), seed=spec.seed + 1)
               .batch(spec.batch_size, drop_remainder=True))
     whole_global_batches = len(chunks) - len(chunks) % spec.shard_count
     return _finish(chunks[:whole_global_batches][spec.shard_index::spec.shard_count], spec)
@@ -262,11 +323,27 @@ def train_dataset(spec: Spec, split: str = "train", num_epochs: int | None = Non
 def eval_dataset(spec: Spec, split: str) -> grain.IterDataset:
     """One pass over this process's shard in order, every caption and question, padded to full batches."""
     dataset, source = open_split(spec, split)
+    clip_transform = transform(spec, dataset)
+    _check_usable(source, clip_transform, split)
     ds = (shard(_indexed(source), spec.shard_index, spec.shard_count)
-          .map(_Eval(Transform(spec, Vocabulary.of(dataset))))
+          .map(_Eval(clip_transform))
           .batch(spec.batch_size, drop_remainder=False)
           .map(functools.partial(pad_batch, size=spec.batch_size)))
     return _finish(ds, spec)
+
+
+def _check_usable(source, clip_transform: Transform, split: str, probe: int = 16) -> None:
+    """Fail before any compile when the split's first `probe` records are all unreadable or malformed."""
+    records = TolerantSource(source)
+    problems = []
+    for index in range(min(probe, len(records))):
+        example = records[index]
+        problem = example.get(_UNREADABLE) or clip_transform.shape_problem(example)
+        if not problem:
+            return
+        problems.append(problem)
+    raise UserError(f"the {split} split yields nothing usable: its first {len(problems)} records are unreadable or "
+                    f"malformed (the first: {problems[0]})")
 
 
 ATTRIBUTE_FEATURES = {"colour": "object_colours", "shape": "object_shapes", "motion": "object_motions",
@@ -288,11 +365,41 @@ def attributes_of(example: dict) -> dict[str, list[str]]:
             for kind, feature in ATTRIBUTE_FEATURES.items() if feature in example}
 
 
+def transform(spec: Spec, dataset) -> Transform:
+    """The data set's Transform; its blank clip has the stored shapes and no text."""
+    features = dataset.info.features
+    blank = {key: np.zeros(features[key].shape, features[key].np_dtype) for key in ("video", "audio", "boxes")
+             if key in features}
+    blank.update({key: [] for key in ("captions", "hard_negatives", "hard_negative_kinds", "questions", "answers",
+                                      "question_types", "choices")})
+    blank["has_audio"] = np.asarray(False)
+    return Transform(spec, Vocabulary.of(dataset), blank)
+
+
+_UNREADABLE = "unreadable"  # the key a record that could not be read carries, with the reason
+
+
+class TolerantSource:
+    """A data source whose records that fail to decode come back as {_UNREADABLE: reason}."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict:
+        try:
+            return self.source[index]
+        except Exception as error:  # a damaged record: any decoding error, counted and skipped
+            return {_UNREADABLE: f"record {index} could not be read: {type(error).__name__}: {error}"}
+
+
 def _indexed(source) -> grain.MapDataset:
     """(position in the split, example): batches carry `index` so results map back to clips."""
     # Indices past the end come from later epochs (grain wraps them); report the clip's own position.
     size = len(source)
-    return grain.MapDataset.source(source).map_with_index(lambda index, example: (index % size, example))
+    return grain.MapDataset.source(TolerantSource(source)).map_with_index(lambda index, example: (index % size, example))
 
 
 class _Train:
@@ -312,7 +419,8 @@ class _Eval:
 
     def __call__(self, item: tuple[int, dict]) -> dict:
         index, example = item
-        return {**self.transform(example, None), "index": np.asarray(index), "valid": np.asarray(True)}
+        out = self.transform(example, None)
+        return {**out, "index": np.asarray(index), "valid": ~skipped(out)}
 
 
 def pad_batch(batch: dict, size: int) -> dict:

@@ -34,15 +34,23 @@ def encode(texts: list[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
 
     Texts longer than max_len are truncated (the [SEP] is kept).
     """
+    ids, mask, _ = encode_counting(texts, max_len)
+    return ids, mask
+
+
+def encode_counting(texts: list[str], max_len: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """`encode`, plus how many of the texts were truncated (the pipeline counts them in the metrics)."""
     if max_len < 2:
         raise ValueError(f"max_len must be at least 2, got {max_len}")
     ids = np.full((len(texts), max_len), PAD_ID, np.int32)
+    truncated = 0
     for row, encoding in enumerate(_wordpiece().encode_batch(list(texts))):
         tokens = encoding.ids
         if len(tokens) > max_len:
             tokens = tokens[:max_len - 1] + [SEP_ID]
+            truncated += 1
         ids[row, :len(tokens)] = tokens
-    return ids, (ids != PAD_ID).astype(np.int32)
+    return ids, (ids != PAD_ID).astype(np.int32), truncated
 
 
 def decode(ids: np.ndarray) -> str:

@@ -126,13 +126,22 @@ class Run:
 
 
 def _window_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
-    """A logging window's metrics: means over its finite steps (NaN when none was finite), and `nonfinite`,
-    the number of steps whose update was skipped."""
+    """A logging window's metrics: means over its finite steps (NaN when none was finite), `nonfinite`,
+    the number of steps whose update was skipped, and the pipeline's `data/<issue>` counts, summed."""
     fetched = jax.device_get(history)
     finite = [m for m in fetched if not m["nonfinite"]]
     out = {k: float(np.mean([m[k] for m in finite])) if finite else math.nan for k in fetched[0]}
     out["nonfinite"] = float(len(fetched) - len(finite))
+    out.update({k: float(sum(m[k] for m in fetched)) for k in fetched[0] if k.startswith("data/")})
     return out
+
+
+def _check_data(window: dict[str, float], steps: int, batch_size: int, step: int) -> None:
+    """Stop when a whole logging window held not one usable clip: the data set yields nothing."""
+    skipped = window.get("data/unreadable", 0.0) + window.get("data/wrong_shape", 0.0)
+    if skipped >= steps * batch_size:
+        raise TrainingFault(f"every clip of steps {step - steps + 1}-{step} was unreadable or malformed "
+                            f"({int(skipped)} skipped); the data set yields nothing to train on")
 
 
 def _check_finite(run: Run, history: list[dict[str, Any]], step: int, last_saved: int | None) -> None:
@@ -350,6 +359,7 @@ def _loop(run: Run, state: TrainState, train_iter, checkpointer, writer, evaluat
     if info:
         writer.write(step, info)
     last_saved, nonfinite_steps = checkpointer.latest_step(), 0
+    data_issues = dict.fromkeys(pipeline.DATA_ISSUES, 0.0)  # since this (re)start
     history: list[dict[str, Any]] = []
     timed_steps, timed_seconds = 0, 0.0
     progress = _progress(step, num_steps)
@@ -365,6 +375,9 @@ def _loop(run: Run, state: TrainState, train_iter, checkpointer, writer, evaluat
             if step % log_every == 0 or step == num_steps:
                 means = _window_metrics(history)  # waits for the step: timings below are real
                 nonfinite_steps += int(means["nonfinite"])
+                for name in data_issues:
+                    data_issues[name] += means.get(f"data/{name}", 0.0)
+                _check_data(means, len(history), config.train.batch_size, step)
                 now = time.perf_counter()
                 if step > log_every:  # the first window holds the compile
                     timed_steps, timed_seconds = timed_steps + len(history), timed_seconds + (now - tick)
@@ -405,6 +418,7 @@ def _loop(run: Run, state: TrainState, train_iter, checkpointer, writer, evaluat
     results["train/peak_rss_mb"] = peak_rss_mb()
     results["train/steps"] = float(step)
     results["train/nonfinite_steps"] = float(nonfinite_steps)
+    results.update({f"train/data/{name}": count for name, count in data_issues.items()})
     writer.write(step, results)
     return results
 

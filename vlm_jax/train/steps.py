@@ -37,6 +37,8 @@ Metrics = dict[str, jax.Array]
 
 TASKS = ("pretrain", "retrieval", "caption", "qa")
 PRETRAIN_LOSSES = ("contrastive", "vtm", "mlm", "mvm")
+TASK_LOSSES = {"pretrain": PRETRAIN_LOSSES, "retrieval": ("contrastive",), "caption": ("caption",),
+               "qa": ("qa", "choice")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,7 +220,8 @@ def _apply_loss(model: VLM, settings: Settings, params: Any, batch_stats: Any, b
 def make_train_step(model: VLM, tx: optax.GradientTransformation,
                     settings: Settings) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """One optimizer micro-step: gradients of the task loss, optax update, BatchNorm statistics, step + 1.
-    Metrics: the task's, plus the global norms of the gradients and the parameters, and `nonfinite`.
+    Metrics: the task's, plus the global norms of the gradients and the parameters, `nonfinite`, and the
+    batch's totals of the pipeline's `data/<issue>` counts.
 
     A step whose loss, gradients or new parameters are not finite changes nothing but the step counter
     (`nonfinite` = 1): parameters, optimizer state (accumulated gradients included) and batch statistics
@@ -239,6 +242,8 @@ def make_train_step(model: VLM, tx: optax.GradientTransformation,
             (state.params, state.opt_state, state.batch_stats))
         metrics = {**metrics, "grad_norm": grad_norm, "param_norm": param_norm,
                    "nonfinite": 1.0 - finite.astype(jnp.float32)}
+        # the pipeline's per-clip counts of skipped and repaired data, summed over the global batch
+        metrics.update({k: jnp.sum(v).astype(jnp.float32) for k, v in batch.items() if k.startswith("data/")})
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state, batch_stats=batch_stats), metrics
 
     return train_step
