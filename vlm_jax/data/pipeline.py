@@ -177,9 +177,10 @@ class Transform:
         for key, stored in self.blank.items():
             if isinstance(stored, np.ndarray) and stored.ndim:
                 value = example.get(key)
-                if not isinstance(value, np.ndarray) or value.shape != stored.shape or value.dtype != stored.dtype:
-                    found = "missing" if value is None else f"{getattr(value, 'shape', '?')} {getattr(value, 'dtype', '?')}"
-                    return f"{key} is {found}, not {stored.shape} {stored.dtype}"
+                if not isinstance(value, np.ndarray):
+                    return f"{key} is {'missing' if value is None else type(value).__name__}, not an array"
+                if value.shape != stored.shape or value.dtype != stored.dtype:
+                    return f"{key} is {value.shape} {value.dtype}, not {stored.shape} {stored.dtype}"
         return None
 
     def _transform(self, example: dict, rng: np.random.Generator | None, issues: np.ndarray) -> dict:
@@ -399,7 +400,8 @@ def _indexed(source) -> grain.MapDataset:
     """(position in the split, example): batches carry `index` so results map back to clips."""
     # Indices past the end come from later epochs (grain wraps them); report the clip's own position.
     size = len(source)
-    return grain.MapDataset.source(TolerantSource(source)).map_with_index(lambda index, example: (index % size, example))
+    records = grain.MapDataset.source(TolerantSource(source))
+    return records.map_with_index(lambda index, example: (index % size, example))
 
 
 class _Train:
