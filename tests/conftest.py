@@ -41,10 +41,11 @@ MICRO = ("data.num_frames=4", "data.image_size=32", "data.max_text_len=16", "tra
          "eval.max_batches=1", "eval.splits=('test',)", "checkpoint.every_steps=0")
 
 
-@pytest.fixture(scope="module")
-def module_compilation_cache(tmp_path_factory):
-    """One persistent XLA cache for the `vlm` runs of a test module: a later run of a program skips its
-    compile, as a user's resumed or repeated run does."""
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """One persistent XLA cache for every `vlm` run of the session (of each xdist worker), never the user's
+    own: a later run of a program skips its compile, as a user's resumed or repeated run does, and the
+    micro model's programs, which many test files train, compile once per worker."""
     previous = os.environ.get("VLM_COMPILATION_CACHE")
     os.environ["VLM_COMPILATION_CACHE"] = str(tmp_path_factory.mktemp("xla_cache"))
     yield

@@ -11,7 +11,9 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from vlm_jax.errors import TrainingFault, UserError
 
@@ -220,6 +222,59 @@ def _answer(args) -> None:
     _report_skipped(source)
 
 
+def _explain(args) -> None:
+    _inference_setup()
+    from vlm_jax.apps import explain, predictor
+    if not args.text.strip():
+        raise UserError("the text to explain is empty")
+    model = predictor.Predictor.load(args.workdir, args.step)
+    source = predictor.referenced_clips(model.run, [args.video])
+    out = Path(args.out) if args.out else Path(args.workdir) / "explain"
+    for clip in source.clips:
+        explanation = explain.explain(model, clip, args.text, args.method)
+        paths = explain.save(explanation, out, _file_stem(clip.id))
+        importance = list(explanation.frame_importance)
+        peak = importance.index(max(importance))
+        print(f"{clip.id}: {explanation.method}, score {explanation.score:.3f}; frame {peak} matters most "
+              f"({100 * importance[peak]:.0f}% of the heatmap)")
+        print("  tokens: " + " ".join(f"{token}({score:+.2f})" for token, score in
+                                      zip(explanation.tokens, explanation.token_scores)))
+        print("  wrote " + ", ".join(str(p) for p in paths.values()))
+    _report_skipped(source)
+
+
+def _file_stem(clip_id: str) -> str:
+    """A clip id as a file name (ids of files and data sets may hold any character)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in clip_id) or "clip"
+
+
+def _report(args) -> None:
+    _inference_setup()
+    from vlm_jax.apps import report
+    with tempfile.TemporaryDirectory() as scratch:
+        explanations = _report_explanations(args.workdir, args.explain, Path(scratch)) if args.explain else ()
+        path = report.write_report(args.workdir, args.out, explanations=explanations)
+    print(f"wrote {path}")
+
+
+def _report_explanations(workdir: str, count: int, scratch: Path) -> list[tuple[str, Path]]:
+    """Heatmap strips for the first `count` test clips and their first caption (question, for QA runs)."""
+    from vlm_jax.apps import explain, predictor
+    from vlm_jax.data import pipeline
+    model = predictor.Predictor.load(workdir)
+    _, records = pipeline.open_split(model.run.spec, "test")
+    field = "questions" if model.run.config.train.task == "qa" else "captions"
+    pictures = []
+    for clip in predictor.dataset_clips(model.run, "test", limit=count).clips:
+        texts = pipeline.texts(records[clip.metadata["position"]][field])
+        if not texts:
+            continue
+        explanation = explain.explain(model, clip, texts[0], "auto")
+        strip = explain.save(explanation, scratch, _file_stem(clip.id))["png"]
+        pictures.append((f"{clip.id}: \"{texts[0]}\" ({explanation.method})", strip))
+    return pictures
+
+
 def _report_skipped(source) -> None:
     for path, reason in source.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
@@ -319,6 +374,24 @@ def build_parser() -> argparse.ArgumentParser:
     answer.add_argument("--top", type=_positive_int, default=3, help="answers shown per video")
     answer.add_argument("--step", type=_non_negative_int)
     answer.set_defaults(func=_answer)
+
+    explain = commands.add_parser("explain", help="heatmaps of where in a video a text looked")
+    explain.add_argument("--workdir", required=True)
+    explain.add_argument("video", help="a video file, or SPLIT:POSITION of the run's data set (test:0)")
+    explain.add_argument("text", help="a caption, or a question for a QA run")
+    explain.add_argument("--method", default="auto", choices=("auto", "attention", "gradient"),
+                         help="cross-attention weights (fusion models) or gradient x input (any model); "
+                              "auto: attention where the fusion has it")
+    explain.add_argument("--out", help="where the GIF and PNG go (default WORKDIR/explain)")
+    explain.add_argument("--step", type=_non_negative_int)
+    explain.set_defaults(func=_explain)
+
+    report = commands.add_parser("report", help="a self-contained HTML report of a run")
+    report.add_argument("--workdir", required=True)
+    report.add_argument("--out", help="the HTML file (default WORKDIR/report.html)")
+    report.add_argument("--explain", type=_non_negative_int, default=3,
+                        help="explanation heatmaps of this many test clips (0: none)")
+    report.set_defaults(func=_report)
 
     research = commands.add_parser("research", help="train every encoder / fusion / audio variant and tabulate "
                                                     "retrieval, QA per type and CIDEr")

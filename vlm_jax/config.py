@@ -32,6 +32,11 @@ def load(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
         if arg:
             raise UserError(f"{path} is a resolved config; it takes no preset (got {arg!r})")
         config = from_json(path)
+        # keys added to the code after the run wrote its config.json take their defaults (not loss weights:
+        # a run's losses are the ones it chose)
+        defaults = reference_config(config.get("preset"))
+        del defaults["losses"]
+        add_missing(config, defaults)
     else:
         config = _from_file(path, arg)
     for override in overrides:

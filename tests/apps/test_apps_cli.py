@@ -13,9 +13,6 @@ STEPS = 120  # enough for the micro model's own-caption rank to be well above ch
 INDEXED = 16
 
 
-pytestmark = pytest.mark.usefixtures("module_compilation_cache")
-
-
 @pytest.fixture(scope="module")
 def run_dir(tiny_dataset, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("retrieval")

@@ -68,7 +68,7 @@ def test_add_fusion_is_commutative_in_its_two_inputs():
     assert out.tokens.shape == (2, 5, 16)
 
 
-def test_seed_baseline_trains_and_captions(tiny_dataset, tmp_path, module_compilation_cache):
+def test_seed_baseline_trains_and_captions(tiny_dataset, tmp_path):
     """`configs/seed_baseline.py:tiny` pretrains with every pretraining loss (its loss falls), then finetunes
     its linear caption decoder and writes beam-search caption metrics."""
     pretrain = tmp_path / "pretrain"

@@ -21,9 +21,6 @@ from conftest import REPO, run_vlm, train_args, train_losses
 TOTAL = ("optim.total_steps=40", "optim.warmup_steps=2")  # one LR schedule for runs of different lengths
 
 
-pytestmark = pytest.mark.usefixtures("module_compilation_cache")
-
-
 @pytest.fixture(scope="module")
 def reference(tiny_dataset, tmp_path_factory):
     """An uninterrupted 40-step run, checkpointing every 4 steps."""

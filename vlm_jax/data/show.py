@@ -212,7 +212,7 @@ def _wrap(text: str, font, width: int, max_lines: int) -> list[str]:
     return lines
 
 
-def _upscale(frame: np.ndarray, min_px: int) -> Image.Image:
+def upscale(frame: np.ndarray, min_px: int) -> Image.Image:
     """Nearest-neighbour upscale by the smallest integer factor that reaches `min_px`, so pixels stay crisp."""
     factor = max(1, math.ceil(min_px / min(frame.shape[:2])))
     height, width = frame.shape[:2]
@@ -233,7 +233,7 @@ def contact_sheet(clips: list[dict]) -> Image.Image:
     """One row per clip: evenly spaced frames with boxes, then the clip id and first caption."""
     num_frames = clips[0]["video"].shape[0]
     frame_ids = np.linspace(0, num_frames - 1, min(SHEET_FRAMES, num_frames)).round().astype(int)
-    tile = _upscale(clips[0]["video"][0], SHEET_FRAME_PX)
+    tile = upscale(clips[0]["video"][0], SHEET_FRAME_PX)
     font, small = _font(16), _font(13)
     header, line = _line_height(small) + GAP, _line_height(font)
     row = tile.height + SHEET_CAPTION_LINES * line + 2 * GAP + 4
@@ -245,7 +245,7 @@ def contact_sheet(clips: list[dict]) -> Image.Image:
     for number, clip in enumerate(clips):
         top = header + number * row
         for column, frame in enumerate(frame_ids):
-            image = _upscale(clip["video"][frame], SHEET_FRAME_PX)
+            image = upscale(clip["video"][frame], SHEET_FRAME_PX)
             _draw_boxes(image, clip, frame)
             sheet.paste(image, (column * (tile.width + GAP), top))
         caption = f"{_text(clip['id'])}:  {_first_caption(clip)}"
@@ -260,7 +260,7 @@ def _first_caption(clip: dict) -> str:
 
 def save_gif(clips: list[dict], path: Path, frame_ms: int) -> None:
     """The clips playing side by side in a looping grid, each with its first caption under it."""
-    tile = _upscale(clips[0]["video"][0], GIF_TILE_PX)
+    tile = upscale(clips[0]["video"][0], GIF_TILE_PX)
     font = _font(13)
     line = _line_height(font)
     captions = [_wrap(_first_caption(clip), font, tile.width - 6, GIF_CAPTION_LINES) for clip in clips]
@@ -278,7 +278,7 @@ def save_gif(clips: list[dict], path: Path, frame_ms: int) -> None:
         image = background.copy()
         for number, clip in enumerate(clips):
             corner = ((number % columns) * cell_w, (number // columns) * cell_h)
-            image.paste(_upscale(clip["video"][frame], GIF_TILE_PX), corner)
+            image.paste(upscale(clip["video"][frame], GIF_TILE_PX), corner)
         frames.append(image)
     frames[0].save(path, save_all=True, append_images=frames[1:], loop=0, duration=frame_ms, disposal=1)
 

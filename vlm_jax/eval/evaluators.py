@@ -11,7 +11,6 @@ same numbers. Padding clips (`valid` False) and padding captions/questions are d
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any, Callable
 
 import jax
@@ -248,6 +247,27 @@ class RecommendEvaluator(_Evaluator):
         return {f"recommend/{k}": v for k, v in scores.items()}
 
 
+class ExplainEvaluator:
+    """Whether explanations point at what the text describes (`apps.explain.score_split` on the first
+    `eval.explain_clips` clips of a split): the pointing game and the heatmap energy inside the objects'
+    boxes, beside a randomly initialised model's and the boxes' share of the frame, as
+    `explain/<method>_<metric>` for gradient x input, and for cross-attention where the run trains it.
+    Data sets without boxes give no keys."""
+
+    def __init__(self, run: Run):
+        self.run = run
+
+    def __call__(self, state: TrainState, split: str) -> dict[str, float]:
+        from vlm_jax.apps import explain, predictor  # they load runs through this module's callers
+        if "boxes" not in pipeline.open_split(self.run.spec, split)[0].info.features:
+            return {}
+        model = predictor.Predictor(self.run, state, int(jax.device_get(state.step)), workdir="")
+        methods = ["gradient"] + (["attention"] if explain.resolve_method(self.run, "auto") == "attention" else [])
+        limit = int(self.run.config.eval.explain_clips)
+        return {f"explain/{method}_{k}": v for method in methods
+                for k, v in explain.score_split(model, split, limit=limit, method=method).items()}
+
+
 def default_eval_config() -> ml_collections.ConfigDict:
     """The `eval` block: what every evaluator reads. Runs written before a key existed get its default
     here when they are evaluated again (`runner.load_run`)."""
@@ -259,11 +279,13 @@ def default_eval_config() -> ml_collections.ConfigDict:
         # least min_len tokens (BLIP's min_length), at most max_len tokens with [CLS]
         "caption": {"beam_size": 3, "alpha": 0.6, "min_len": 4, "max_len": 32},
         "recommend_users": 200,  # simulated users for recommendation hit-rate / nDCG
+        "explain_clips": 64,  # explanations scored against the ground-truth boxes (`vlm eval --tasks explain`)
     })
 
 
 EVALUATORS: dict[str, Callable[[Run], Any]] = {
     "retrieval": RetrievalEvaluator, "qa": QaEvaluator, "caption": CaptionEvaluator, "recommend": RecommendEvaluator,
+    "explain": ExplainEvaluator,
 }
 # What each training task is evaluated on by default (`vlm eval --tasks` picks any of EVALUATORS).
 TASK_EVALUATORS: dict[str, tuple[str, ...]] = {
@@ -279,13 +301,10 @@ def evaluators_for(config: Any, tasks: tuple[str, ...] | None = None) -> tuple[C
     return tuple(EVALUATORS[name] for name in (tasks or TASK_EVALUATORS[config.train.task]))
 
 
-_PER_CLASS = re.compile(r"/qa/(precision|recall|f1)_(?!macro)")
-
-
 def metrics_table(results: dict[str, float], per_class: bool = False) -> str:
     """results.json as an aligned two-column table; per-answer QA precision / recall / F1 only when asked
     (they stay in results.json)."""
-    shown = {k: v for k, v in results.items() if per_class or not _PER_CLASS.search(k)}
+    shown = {k: v for k, v in results.items() if per_class or not metrics.PER_ANSWER_METRIC.search(k)}
     width = max((len(k) for k in shown), default=0)
     lines = [f"{'metric'.ljust(width)}  value", f"{'-' * width}  -----"]
     lines += [f"{k.ljust(width)}  {v:.4g}" if isinstance(v, (int, float)) else f"{k.ljust(width)}  {v}"

@@ -16,7 +16,6 @@ import jax
 from vlm_jax import config as config_lib
 from vlm_jax.errors import UserError
 from vlm_jax.eval import evaluators as evaluators_lib
-from vlm_jax.models import vlm
 from vlm_jax.train import checkpoint as checkpoint_lib
 from vlm_jax.train.loop import Run, ensure_data
 from vlm_jax.train.state import TrainState
@@ -31,10 +30,7 @@ def load_run(workdir: str | Path, step: int | None = None,
     workdir = Path(workdir)
     if not (workdir / "config.json").is_file():
         raise UserError(f"{workdir} is not a run directory (no config.json)")
-    config = config_lib.load(str(workdir / "config.json"))
-    # keys added to the code after the run wrote its config.json take their defaults
-    config_lib.add_missing(config.eval, evaluators_lib.default_eval_config())
-    config_lib.add_missing(config.model, vlm.model_config(config.preset))
+    config = config_lib.load(str(workdir / "config.json"))  # with the defaults of keys added since
     for override in overrides:
         config_lib.apply_override(config, override)
     config_lib.validate(config)

@@ -27,6 +27,20 @@ class Encoded(NamedTuple):
     mask: jax.Array | None = None  # [B, N] bool, True for real tokens; None when all are real
 
 
+class TokenGrid(NamedTuple):
+    """Where a video tower's output tokens lie in its input clip: a time-major (time, height, width) grid
+    over the clip's frames `frames` ([start, stop); None: every frame). height = width = 1 when the tokens
+    have no spatial layout (one token per time step). Explanations map token weights back to pixels by it."""
+    time: int
+    height: int
+    width: int
+    frames: tuple[int, int] | None = None
+
+    @property
+    def size(self) -> int:
+        return self.time * self.height * self.width
+
+
 def logical(init: Callable, axes: tuple[str | None, ...]) -> Callable:
     return nn.with_logical_partitioning(init, axes)
 
@@ -91,11 +105,30 @@ class LearnedPositions(nn.Module):
         return x + positions.astype(x.dtype)[None]
 
 
+def attention_weights(query: jax.Array, key: jax.Array, mask: jax.Array | None = None,
+                      causal: bool = False) -> jax.Array:
+    """softmax(QK^T / sqrt(head_dim)) [B, heads, Lq, Lk] in float32, masked as `jax.nn.dot_product_attention`
+    masks (which never exposes its probabilities): `mask` True where a query may attend, `causal` the
+    top-left-aligned lower triangle; a row with no visible key spreads evenly, as there."""
+    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+    logits = logits / jnp.sqrt(jnp.float32(query.shape[-1]))
+    visible = jnp.ones(logits.shape, bool)
+    if mask is not None:
+        visible = visible & mask
+    if causal:
+        visible = visible & jnp.tril(jnp.ones(logits.shape[-2:], bool))
+    return jax.nn.softmax(jnp.where(visible, logits, jnp.finfo(jnp.float32).min), axis=-1)
+
+
 class Attention(nn.Module):
     """Multi-head attention; self-attention when `context` is None, else cross-attention to it.
 
     With `decode=True` the module keeps a KV cache (collection "cache"): initialise it with a
     full-length input, then feed one step at a time; each step attends to everything cached so far.
+
+    When the "attention" collection is mutable (`apply(..., mutable=["attention"])`), the module also sows
+    its attention probabilities [B, heads, Lq, Lk] as ("attention", "weights"), for explanations; otherwise
+    it computes nothing extra.
     """
     num_heads: int
     dtype: Dtype = jnp.float32
@@ -123,6 +156,9 @@ class Attention(nn.Module):
         if self.use_rotary:
             query = rotary(query, offset + jnp.arange(query.shape[1]))
             key = rotary(key, jnp.arange(key.shape[1]))
+        # explanations ask for the probabilities; training, evaluation and init never pay for them
+        if self.is_mutable_collection("attention") and not self.is_initializing():
+            self.sow("attention", "weights", attention_weights(query, key, mask, causal))
         out = jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=causal)
         out = nn.Dropout(self.dropout_rate)(out, deterministic=deterministic)
         out = out.reshape(out.shape[:2] + (features,))
@@ -216,8 +252,10 @@ def stack_layers(block: Any, block_kwargs: dict, num_layers: int, x: jax.Array, 
     if remat != "none":  # argnum 0 is the module itself, so `deterministic` is len(args) + 1
         block = nn.remat(block, policy=REMAT_POLICIES[remat], static_argnums=(len(args) + 1,))
     if scan:
+        # captured attention weights stack along the layer axis too (scan would drop them without an axis)
         scanned = nn.scan(
-            _ScanStep, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True, "dropout": True},
+            _ScanStep, variable_axes={"params": 0, "cache": 0, "attention": 0},
+            split_rngs={"params": True, "dropout": True},
             in_axes=(nn.broadcast,) * len(args), length=num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
         x, _ = scanned(block=block, block_kwargs=block_kwargs, name="layers")(x, *args)
         return x

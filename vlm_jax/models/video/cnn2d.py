@@ -13,8 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vlm_jax.models.layers import (Dtype, Encoded, LearnedPositions, Transformer, constrain, dense, layer_norm,
-                                   logical)
+from vlm_jax.models.layers import (Dtype, Encoded, LearnedPositions, TokenGrid, Transformer, constrain, dense,
+                                   layer_norm, logical)
 
 TEMPORAL_MODES = ("mean", "transformer")
 
@@ -118,6 +118,10 @@ class CNN2D(nn.Module):
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+
+    def token_grid(self, video_shape: tuple[int, ...]) -> TokenGrid:
+        """One token per frame; the trunk averages space away."""
+        return TokenGrid(video_shape[1], 1, 1)
 
     @nn.compact
     def __call__(self, video: jax.Array, *, train: bool = False) -> Encoded:

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vlm_jax.models.layers import Dtype, Encoded, constrain, dense, logical
+from vlm_jax.models.layers import Dtype, Encoded, TokenGrid, constrain, dense, logical
 from vlm_jax.models.video.cnn2d import TRUNK_SIZES, FrameCNN
 
 CELLS = {"lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell}
@@ -56,6 +56,10 @@ class CNNRNN(nn.Module):
             kernel_init=logical(nn.initializers.lecun_normal(), ("embed", "mlp")),
             recurrent_kernel_init=logical(nn.initializers.orthogonal(), (None, "mlp")),
             bias_init=logical(nn.initializers.zeros_init(), ("mlp",)))
+
+    def token_grid(self, video_shape: tuple[int, ...]) -> TokenGrid:
+        """One token per frame (each step's hidden state); the trunk averages space away."""
+        return TokenGrid(video_shape[1], 1, 1)
 
     @nn.compact
     def __call__(self, video: jax.Array, *, train: bool = False) -> Encoded:

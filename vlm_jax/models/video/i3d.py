@@ -18,11 +18,13 @@ it uses the running averages and leaves them untouched.
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vlm_jax.models.layers import Dtype, Encoded, constrain, logical
+from vlm_jax.models.layers import Dtype, Encoded, TokenGrid, constrain, logical
 
 # (endpoint, kind, spec) in network order. conv: (channels, kernel, stride); pool: (window, stride);
 # mixed: channels of (branch 0 1x1, branch 1 1x1, branch 1 3x3, branch 2 1x1, branch 2 3x3, branch 3 1x1).
@@ -176,6 +178,14 @@ class I3D(nn.Module):
     bn_momentum: float = 0.99
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+
+    def token_grid(self, video_shape: tuple[int, ...]) -> TokenGrid:
+        """The Mixed_5c feature grid: every strided conv and pool is "SAME", so each divides a size rounding up."""
+        sizes = list(video_shape[1:4])
+        for _, kind, spec in ENDPOINTS:
+            stride = spec[2] if kind == "conv" else spec[1] if kind == "pool" else (1, 1, 1)
+            sizes = [math.ceil(size / step) for size, step in zip(sizes, stride)]
+        return TokenGrid(*sizes)
 
     def __call__(self, video: jax.Array, *, train: bool = False) -> Encoded:
         features, _ = self._network(video, train, with_logits=False)

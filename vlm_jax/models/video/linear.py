@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vlm_jax.models.layers import Dtype, Encoded, constrain, dense
+from vlm_jax.models.layers import Dtype, Encoded, TokenGrid, constrain, dense
 
 TOKENS = ("frame", "clip")
 
@@ -33,6 +33,10 @@ class LinearVideo(nn.Module):
     tokens: str = "frame"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+
+    def token_grid(self, video_shape: tuple[int, ...]) -> TokenGrid:
+        """One token per frame, or one for the whole clip; a pixel's place is mixed into every feature."""
+        return TokenGrid(video_shape[1] if self.tokens == "frame" else 1, 1, 1)
 
     @nn.compact
     def __call__(self, video: jax.Array, *, train: bool = False) -> Encoded:

@@ -8,8 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vlm_jax.models.layers import Encoded
-from vlm_jax.models.video.vivit import ViViT
+from vlm_jax.models.layers import Encoded, TokenGrid
+from vlm_jax.models.video.vivit import ViViT, tubelet_grid
 
 SIZES = {
     "tiny": dict(width=64, depth=2, num_heads=2, mlp_dim=256, patch=8),
@@ -34,6 +34,12 @@ class SingleFrame(nn.Module):
     dropout: float = 0.0
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+
+    def token_grid(self, video_shape: tuple[int, ...]) -> TokenGrid:
+        """The middle frame's patch grid; no other frame holds a token."""
+        middle = video_shape[1] // 2
+        _, height, width = tubelet_grid((1, 1) + tuple(video_shape[2:]), (1, self.patch, self.patch))
+        return TokenGrid(1, height, width, frames=(middle, middle + 1))
 
     @nn.compact
     def __call__(self, video: jax.Array, *, train: bool = False) -> Encoded:

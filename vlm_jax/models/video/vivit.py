@@ -183,6 +183,13 @@ class ViViT(nn.Module):
         """Tubelets along (time, height, width) that this model cuts a [B, T, H, W, 3] video into."""
         return tubelet_grid(video_shape, tuple(self.tubelet))
 
+    def token_grid(self, video_shape: tuple[int, ...]) -> layers.TokenGrid:
+        """Where the output tokens lie: the tubelet grid, or one token per time slice (factorised_encoder)."""
+        grid_t, grid_h, grid_w = self.tubelet_grid(video_shape)
+        if self.variant == "factorised_encoder":
+            return layers.TokenGrid(grid_t, 1, 1)
+        return layers.TokenGrid(grid_t, grid_h, grid_w)
+
     @nn.compact
     def __call__(self, video: jax.Array, *, train: bool = False) -> Encoded:
         self._validate()
