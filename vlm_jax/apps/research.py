@@ -43,6 +43,11 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "seed_baseline": (tuple(f"model.{key}={value}" for key, value in SEED_BASELINE.items()), ()),
 }
 STAGES = ("pretrain", "qa", "caption")
+EXPLAIN_KEY = "test/explain/gradient_pointing_game"
+# the pretrained model's explanations on test: gradient x input (every model), cross-attention (fusion models)
+EXPLAIN_COLUMNS = (("pointing grad", EXPLAIN_KEY), ("random init grad", "test/explain/gradient_random_pointing_game"),
+                   ("pointing attn", "test/explain/attention_pointing_game"),
+                   ("random init attn", "test/explain/attention_random_pointing_game"))
 QA_TYPES = ("direction", "order", "sound", "colour", "shape", "count", "yesno")
 SPLITS = ("test", "test_novel")
 
@@ -74,13 +79,27 @@ def run_variant(name: str, preset: str, out: Path, steps: int | None, extra: Seq
             overrides.append(f"train.num_steps={steps if stage == 'pretrain' else max(1, steps // 2)}")
         args = _train_args(stage, preset, workdir, out / name / "pretrain", overrides)
         workdir.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        log(f"{name}/{stage}: vlm {' '.join(args)}")
-        with open(workdir / "train.log", "a") as output:
-            code = subprocess.call([sys.executable, "-m", "vlm_jax", *args], stdout=output, stderr=subprocess.STDOUT)
-        log(f"{name}/{stage}: exit {code} after {time.perf_counter() - start:.0f} s")
-        status[stage] = "ok" if code == 0 else f"failed (exit {code}, see {workdir / 'train.log'})"
+        status[stage] = _vlm(args, workdir / "train.log", f"{name}/{stage}", log)
+    # where the pretrained model looks, scored against the boxes (merged into its results.json)
+    if status["pretrain"] != "ok":
+        status["explain"] = "skipped: pretraining failed"
+    elif EXPLAIN_KEY in _results(out, name, "pretrain"):
+        status["explain"] = "ok"
+    else:
+        pretrain_dir = out / name / "pretrain"
+        status["explain"] = _vlm(["eval", "--workdir", str(pretrain_dir), "--tasks", "explain", "--split", "test"],
+                                 pretrain_dir / "explain.log", f"{name}/explain", log)
     return status
+
+
+def _vlm(args: Sequence[str], log_path: Path, label: str, log) -> str:
+    """Run `vlm ARGS` with its output appended to log_path; "ok" or why not."""
+    start = time.perf_counter()
+    log(f"{label}: vlm {' '.join(args)}")
+    with open(log_path, "a") as output:
+        code = subprocess.call([sys.executable, "-m", "vlm_jax", *args], stdout=output, stderr=subprocess.STDOUT)
+    log(f"{label}: exit {code} after {time.perf_counter() - start:.0f} s")
+    return "ok" if code == 0 else f"failed (exit {code}, see {log_path})"
 
 
 def _results(out: Path, name: str, stage: str) -> dict[str, float]:
@@ -93,6 +112,7 @@ def table(out: Path, names: Sequence[str]) -> str:
     header = ["variant"]
     for split in SPLITS:
         header += [f"{split} t2v R@1", f"{split} QA acc"] + [f"{split} {t}" for t in QA_TYPES] + [f"{split} CIDEr"]
+    header += [f"test {column}" for column, _ in EXPLAIN_COLUMNS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in names:
         pretrain, qa, caption = (_results(out, name, stage) for stage in STAGES)
@@ -101,6 +121,7 @@ def table(out: Path, names: Sequence[str]) -> str:
             keys = [(pretrain, f"{split}/retrieval/t2v_R@1"), (qa, f"{split}/qa/acc")]
             keys += [(qa, f"{split}/qa/acc_{t}") for t in QA_TYPES] + [(caption, f"{split}/caption/CIDEr")]
             cells += [f"{results[key]:.1f}" if key in results else "-" for results, key in keys]
+        cells += [f"{pretrain[key]:.1f}" if key in pretrain else "-" for _, key in EXPLAIN_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

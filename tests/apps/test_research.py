@@ -1,0 +1,36 @@
+"""The research table: one row per variant from its runs' results.json files, a dash where a run or a
+metric is missing."""
+
+import json
+
+from vlm_jax.apps import research
+
+
+def _write(out, variant, stage, results):
+    path = out / variant / stage / "results.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(results))
+
+
+def test_the_table_reads_every_stage_and_the_explanations(tmp_path):
+    _write(tmp_path, "vivit_joint", "pretrain", {"test/retrieval/t2v_R@1": 4.94, "test_novel/retrieval/t2v_R@1": 6.8,
+                                                 "test/explain/gradient_pointing_game": 67.68,
+                                                 "test/explain/gradient_random_pointing_game": 38.28,
+                                                 "test/explain/attention_pointing_game": 5.42,
+                                                 "test/explain/attention_random_pointing_game": 30.08})
+    _write(tmp_path, "vivit_joint", "qa", {"test/qa/acc": 24.5, "test/qa/acc_direction": 31.0})
+    _write(tmp_path, "fusion_dual", "pretrain", {"test/retrieval/t2v_R@1": 5.5,
+                                                 "test/explain/gradient_pointing_game": 50.0})
+    header, rule, *rows = research.table(tmp_path, ["vivit_joint", "fusion_dual", "i3d"]).splitlines()
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert rule.count("---") == len(columns)
+    cells = {row.split("|")[1].strip(): dict(zip(columns, (c.strip() for c in row.strip("|").split("|"))))
+             for row in rows}
+    assert list(cells) == ["vivit_joint", "fusion_dual", "i3d"]
+    joint = cells["vivit_joint"]
+    assert (joint["test t2v R@1"], joint["test_novel t2v R@1"], joint["test QA acc"]) == ("4.9", "6.8", "24.5")
+    assert (joint["test direction"], joint["test order"], joint["test CIDEr"]) == ("31.0", "-", "-")
+    assert (joint["test pointing grad"], joint["test random init grad"]) == ("67.7", "38.3")
+    assert (joint["test pointing attn"], joint["test random init attn"]) == ("5.4", "30.1")
+    assert cells["fusion_dual"]["test pointing grad"] == "50.0" and cells["fusion_dual"]["test pointing attn"] == "-"
+    assert set(cells["i3d"].values()) == {"i3d", "-"}
