@@ -216,6 +216,21 @@ def test_gradient_on_a_dual_encoder_sees_only_the_frames_the_model_sees(dual_qa_
     np.testing.assert_array_equal(explanation.frame_importance, np.eye(len(clip.video))[middle])
 
 
+@pytest.mark.parametrize("overrides, method", [
+    (("model.video.vivit.variant=joint",), "attention"),
+    (("model.video.vivit.variant=factorised_encoder",), "gradient"),  # one token per time step: flat in space
+    (("model.video.name=cnn_rnn",), "gradient"),
+    (("model.fusion.name=concat_early",), "gradient"),  # no cross-attention
+])
+def test_auto_takes_attention_only_where_it_can_point_in_space(tiny_dataset, overrides, method):
+    from vlm_jax import config as config_lib
+    from vlm_jax.apps import explain
+    from vlm_jax.train.loop import Run
+    config = config_lib.load(str(REPO / "configs/pretrain.py") + ":tiny", [
+        f"data.data_dir={tiny_dataset.parent.parent.parent}", *MICRO, *overrides])
+    assert explain.resolve_method(Run(config), "auto") == method
+
+
 @pytest.mark.parametrize("method, text, message", [
     ("attention", "what colour is it?", "the attention method needs a fusion with cross-attention"),
     ("saliency", "what colour is it?", "unknown explanation method 'saliency'"),

@@ -14,7 +14,8 @@ Methods:
 - `gradient`: gradient x input on the frames as the model sees them (pixels in [-1, 1]), |grad . x| summed
   over colour channels; any model. Mid-grey pixels are ~0 in that space, so they score ~0 whatever the
   gradient: compare with the random model's score (`score_split` does).
-- `auto`: attention when the fusion has cross-attention and the run's task trains it, else gradient.
+- `auto`: attention when the fusion has cross-attention, the run's task trains it and the video tower's
+  tokens have a spatial layout; else gradient.
 
 Both explain one score: the chosen (most probable) answer's logit for a QA run (the text is the question),
 else the scaled cosine similarity of the retrieval embeddings. Words are scored by occlusion: the drop in
@@ -78,10 +79,21 @@ def resolve_method(run: Run, method: str) -> str:
         raise UserError(f"the attention method needs a fusion with cross-attention ({', '.join(ATTENTION_FUSIONS)}); "
                         f"this run's fusion is {fusion!r}: use the gradient method")
     if method == "auto":
-        # a retrieval run's score never passes through the fusion, so its attention would explain nothing
+        # a retrieval run's score never passes through the fusion, so its attention would explain nothing;
+        # a tower whose tokens have no spatial layout (ViViT's factorised encoder, the CNN+RNN) gives maps
+        # that are flat within each frame
         trained = "fusion" in steps.trained_modules(run.settings)
-        return "attention" if has_cross_attention and trained else "gradient"
+        grid = video_token_grid(run)
+        spatial = grid.height * grid.width > 1
+        return "attention" if has_cross_attention and trained and spatial else "gradient"
     return method
+
+
+def video_token_grid(run: Run) -> TokenGrid:
+    """Where the run's video tower puts its tokens in a clip of the configured frames and size."""
+    data = run.config.data
+    shape = (1, int(data.num_frames), int(data.image_size), int(data.image_size), 3)
+    return run.model.bind({}).video_encoder.token_grid(shape)
 
 
 def pixels_of(video: np.ndarray) -> np.ndarray:
@@ -161,8 +173,7 @@ class Explainer:
         self.fusion = run.config.model.fusion.name
         self.max_text_len = int(data.max_text_len)
         self.frames, self.size = int(data.num_frames), int(data.image_size)
-        self.grid: TokenGrid = run.model.bind({}).video_encoder.token_grid(
-            (1, self.frames, self.size, self.size, 3))
+        self.grid = video_token_grid(run)
         model, qa, grid, fusion = run.model, run.config.train.task == "qa", self.grid, self.fusion
 
         def table(variables, pixels, audio, ids, mask):
