@@ -182,7 +182,7 @@ def check_keys_and_types(config: ml_collections.ConfigDict) -> None:
         if any(key == m or key.startswith(m + ".") for m in open_maps):
             continue
         if key.startswith("losses.") and config.train.task in TASK_LOSSES:  # (validate names a bad task)
-            losses = TASK_LOSSES.get(config.train.task, ())
+            losses = TASK_LOSSES[config.train.task]
             _check(key.removeprefix("losses.") in losses, key, f"is not a loss of train.task={config.train.task!r} "
                    f"(its losses: {', '.join(losses)})", value)
             _check(_is_number(value), key, "must be a number", value)
