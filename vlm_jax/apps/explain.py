@@ -25,7 +25,6 @@ that score when the word piece is replaced by [MASK]. Frames are scored by their
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import weakref
 from pathlib import Path
@@ -225,21 +224,14 @@ class Explainer:
                                        np.repeat(mask, len(occluded), axis=0)))
         chosen = int(np.argmax(table[0]))  # QA: the answer chosen on the whole question stays the one scored
         scores = table[:, chosen]
-        vocabulary = _vocabulary()
         total, energy = float(raw.sum()), raw.sum(axis=(1, 2))
         peak = float(raw.max())
         return Explanation(
             clip_id=clip.id, text=text, frames=clip.video,
             heatmap=(raw / peak if peak > 0 else np.zeros_like(raw)).astype(np.float32),
             frame_importance=(energy / total if total > 0 else np.full(len(raw), 1.0 / len(raw))).astype(np.float32),
-            tokens=[vocabulary[int(ids[0, p])] for p in positions],
+            tokens=tokenizer.word_pieces(ids[0, positions]),
             token_scores=(scores[0] - scores[1:]).astype(np.float32), method=method, score=float(scores[0]))
-
-
-@functools.cache
-def _vocabulary() -> list[str]:
-    """Word piece strings by id (the tokenizer's vocabulary file, one per line)."""
-    return Path(tokenizer.vocab_path()).read_text(encoding="utf-8").splitlines()
 
 
 _EXPLAINERS: "weakref.WeakKeyDictionary[Predictor, Explainer]" = weakref.WeakKeyDictionary()

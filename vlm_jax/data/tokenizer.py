@@ -53,6 +53,11 @@ def encode_counting(texts: list[str], max_len: int) -> tuple[np.ndarray, np.ndar
     return ids, (ids != PAD_ID).astype(np.int32), truncated
 
 
+def word_pieces(ids) -> list[str]:
+    """The vocabulary's word piece for each id (as the tokenizer split the text, `##` marks included)."""
+    return [_wordpiece().id_to_token(int(i)) for i in ids]
+
+
 def decode(ids: np.ndarray) -> str:
     """Text of one row of ids, without special tokens or padding."""
     return _wordpiece().decode([int(i) for i in ids if i != PAD_ID], skip_special_tokens=True)
