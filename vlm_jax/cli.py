@@ -250,18 +250,18 @@ def _file_stem(clip_id: str) -> str:
 
 def _report(args) -> None:
     _inference_setup()
-    from vlm_jax.apps import report
+    from vlm_jax.apps import predictor, report
+    model = predictor.Predictor.load(args.workdir) if args.explain else None  # shared with the examples
     with tempfile.TemporaryDirectory() as scratch:
-        explanations = _report_explanations(args.workdir, args.explain, Path(scratch)) if args.explain else ()
-        path = report.write_report(args.workdir, args.out, explanations=explanations)
+        explanations = _report_explanations(model, args.explain, Path(scratch)) if args.explain else ()
+        path = report.write_report(args.workdir, args.out, explanations=explanations, predictor=model)
     print(f"wrote {path}")
 
 
-def _report_explanations(workdir: str, count: int, scratch: Path) -> list[tuple[str, Path]]:
+def _report_explanations(model, count: int, scratch: Path) -> list[tuple[str, Path]]:
     """Heatmap strips for the first `count` test clips and their first caption (question, for QA runs)."""
     from vlm_jax.apps import explain, predictor
     from vlm_jax.data import pipeline
-    model = predictor.Predictor.load(workdir)
     _, records = pipeline.open_split(model.run.spec, "test")
     field = "questions" if model.run.config.train.task == "qa" else "captions"
     pictures = []

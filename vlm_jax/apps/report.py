@@ -57,12 +57,13 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run
 
 def write_report(workdir: str | Path, out: str | Path | None = None, *,
                  explanations: Sequence[tuple[str, str | Path]] = (), examples: bool = True, max_queries: int = 4,
-                 research_table: str | Path | None = None) -> Path:
+                 research_table: str | Path | None = None, predictor=None) -> Path:
     """Write the run's report (default `workdir/report.html`) and return its path.
 
     `explanations` are (title, image path) pairs shown last; `examples=False` skips the retrieval and QA
-    examples, which load the model and read the data set; `research_table` is a markdown file whose pipe
-    tables are shown (default: the first of table.md / research.md in the workdir or its parent).
+    examples, which load the model (`predictor`, when the caller has it loaded already) and read the data
+    set; `research_table` is a markdown file whose pipe tables are shown (default: the first of table.md /
+    research.md in the workdir or its parent).
     """
     workdir = Path(workdir)
     run = _read_run(workdir)
@@ -74,7 +75,7 @@ def write_report(workdir: str | Path, out: str | Path | None = None, *,
     if research_path is not None:
         sections.append(("research", "Research table", _research_section(research_path)))
     if examples:
-        sections.extend(_example_sections(workdir, run.config, max_queries))
+        sections.extend(_example_sections(workdir, run.config, max_queries, predictor))
     if explanation_images:
         sections.append(("explanations", "Explanations", _explanation_section(explanation_images)))
     out = Path(out) if out is not None else workdir / REPORT_NAME
@@ -372,7 +373,8 @@ def _inline_markdown(text: str) -> str:
     return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", escaped)
 
 
-def _example_sections(workdir: Path, config: dict[str, Any], max_queries: int) -> list[tuple[str, str, str]]:
+def _example_sections(workdir: Path, config: dict[str, Any], max_queries: int,
+                      predictor=None) -> list[tuple[str, str, str]]:
     """Retrieval examples for runs that embed text and video, QA examples for QA runs; a run whose model
     or data cannot be loaded gets a note that says why instead."""
     task = config.get("train", {}).get("task")
@@ -383,7 +385,7 @@ def _example_sections(workdir: Path, config: dict[str, Any], max_queries: int) -
     from vlm_jax.apps.predictor import Predictor  # loads JAX and the model: only when examples are asked for
     titles = {"retrieval": "Retrieval examples", "qa": "QA examples"}
     try:
-        predictor = Predictor.load(workdir)
+        predictor = predictor or Predictor.load(workdir)
     except UserError as error:
         return [(name, titles[name], f'<p class="note">No examples: {_e(str(error))}.</p>') for name in wanted]
     makers = {"retrieval": lambda: _retrieval_examples(predictor, max_queries), "qa": lambda: _qa_examples(predictor)}
