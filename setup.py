@@ -33,6 +33,11 @@ setup(
     ],
     extras_require={
         "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "portpicker==1.6.0"],
+        # Reference implementations for the converters' parity checks and `vlm convert --verify`.
+        # Install torch==2.13.0 first: it is the local CPU build (scripts/setup_env.sh does).
+        "pretrained": ["torch==2.13.0", "transformers==5.24.0", "sentence-transformers==6.2.0"],
+        # Peers for `vlm bench`.
+        "bench": ["torch==2.13.0", "transformers==5.24.0", "sentence-transformers==6.2.0", "faiss-cpu==1.15.1"],
     },
     entry_points={"console_scripts": ["vlm=vlm_jax.cli:main"]},
 )

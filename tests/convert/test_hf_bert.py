@@ -21,11 +21,10 @@ def tiny_checkpoint(tmp_path_factory):
     model = Bert(**SIZES["tiny"], vocab_size=100, max_len=16)
     ids = np.ones((1, 4), np.int32)
     params = nn.meta.unbox(model.init(jax.random.key(0), ids, ids))["params"]
-    flat = traverse_util.flatten_dict(params, sep="/")
-    tensors = {name: np.ascontiguousarray(hf_bert.TRANSFORMS[transform](np.asarray(flat[path])))
-               for name, (path, transform) in hf_bert.mapping(model.depth).items()}
-    tensors["embeddings.position_ids"] = np.arange(16, dtype=np.int64)[None]
     path = tmp_path_factory.mktemp("hf") / "model.safetensors"
+    hf_bert.save_hf_bert(params, model, path)
+    tensors = load_file(str(path))
+    tensors["embeddings.position_ids"] = np.arange(16, dtype=np.int64)[None]
     save_file(tensors, str(path))
     return model, params, path
 

@@ -1,4 +1,4 @@
-"""Hugging Face BERT safetensors -> `models.text.bert.Bert` params, by a declarative mapping table.
+"""Hugging Face BERT safetensors <-> `models.text.bert.Bert` params, by a declarative mapping table.
 
 Each row is (checkpoint name, our param path, transform); "{i}" rows repeat per layer. Loading
 refuses a checkpoint with missing or unexpected tensors, or with a shape our model does not expect,
@@ -12,17 +12,12 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-from flax import traverse_util
-from flax.linen import meta
-from safetensors.numpy import load_file
+import numpy as np
+from safetensors.numpy import load_file, save_file
 
+from vlm_jax.convert import mapping as mapping_lib
 from vlm_jax.errors import UserError
 from vlm_jax.models.text.bert import Bert
-
-TRANSFORMS = {
-    "identity": lambda array: array,
-    "transpose": lambda array: array.T,  # torch Linear weight [out, in] -> flax Dense kernel [in, out]
-}
 
 GLOBAL_TABLE = (
     ("embeddings.word_embeddings.weight", "embeddings/word_embeddings/embedding", "identity"),
@@ -57,20 +52,14 @@ LAYER_TABLE = (
 DEFAULT_IGNORE = ("embeddings.position_ids",)
 
 
-def mapping(depth: int) -> dict[str, tuple[str, str]]:
+def mapping(depth: int) -> mapping_lib.Table:
     """Checkpoint name -> (our param path, transform) for a `depth`-layer BERT."""
-    table = {name: (path, transform) for name, path, transform in GLOBAL_TABLE}
-    for i in range(depth):
-        table.update({name.format(i=i): (path.format(i=i), transform) for name, path, transform in LAYER_TABLE})
-    return table
+    return mapping_lib.expand(GLOBAL_TABLE, LAYER_TABLE, depth)
 
 
 def expected_shapes(config: Bert) -> dict[str, tuple[int, ...]]:
-    """Our param path -> shape, from an abstract init (no memory or compute spent)."""
     ids = jnp.zeros((1, 2), jnp.int32)
-    abstract = jax.eval_shape(lambda: config.init(jax.random.key(0), ids, ids)["params"])
-    flat = traverse_util.flatten_dict(meta.unbox(abstract), sep="/")
-    return {path: tuple(leaf.shape) for path, leaf in flat.items()}
+    return mapping_lib.abstract_shapes(lambda: config.init(jax.random.key(0), ids, ids)["params"])
 
 
 def load_hf_bert(path: str | Path, config: Bert, ignore: Iterable[str] = DEFAULT_IGNORE) -> dict:
@@ -80,24 +69,14 @@ def load_hf_bert(path: str | Path, config: Bert, ignore: Iterable[str] = DEFAULT
     """
     if not Path(path).is_file():
         raise UserError(f"no safetensors checkpoint at {path}")
-    tensors = load_file(str(path))
-    table = mapping(config.depth)
-    ignored = set(ignore)
-    missing = sorted(set(table) - set(tensors))
-    unexpected = sorted(set(tensors) - set(table) - ignored)
-    if missing or unexpected:
-        raise UserError(f"{path} does not match a {config.depth}-layer BERT: missing {missing or 'none'}; "
-                        f"unexpected {unexpected or 'none'}")
     shapes = expected_shapes(config)
-    unmapped = sorted(set(shapes) - {our_path for our_path, _ in table.values()})
-    if unmapped:
-        raise ValueError(f"the hf_bert table does not cover these Bert params: {unmapped}")
-    params, mismatched = {}, []
-    for name, (our_path, transform) in table.items():
-        array = TRANSFORMS[transform](tensors[name])
-        if array.shape != shapes[our_path]:
-            mismatched.append(f"{name} {array.shape} -> {our_path} {shapes[our_path]}")
-        params[our_path] = jnp.asarray(array, config.param_dtype)
-    if mismatched:
-        raise UserError(f"{path} has shapes this Bert config does not expect: {'; '.join(mismatched)}")
-    return traverse_util.unflatten_dict(params, sep="/")
+    table = mapping(config.depth)
+    mapping_lib.check_covers(table, shapes, "hf_bert")
+    flat = mapping_lib.to_ours(load_file(str(path)), table, shapes, f"{path} (a {config.depth}-layer BERT)", ignore)
+    return mapping_lib.unflatten({k: jnp.asarray(v, config.param_dtype) for k, v in flat.items()})
+
+
+def save_hf_bert(params: dict, config: Bert, path: str | Path) -> None:
+    """Write our Bert params as a HF `model.safetensors` that transformers' BertModel loads."""
+    tensors = mapping_lib.to_source(mapping_lib.flatten(params), mapping(config.depth), "the Bert params")
+    save_file({k: v.astype(np.float32) for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
