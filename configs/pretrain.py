@@ -70,7 +70,10 @@ def get_config(arg=None):
     config.checkpoint.best_mode = "min"
 
     # Finetuning starts from another run's parameters: all of them, or the top-level modules listed.
-    config.init_from = ml_collections.ConfigDict({"workdir": "", "step": -1, "include": []})
+    # text_encoder / video_encoder name a real pretrained tower to start from (vlm_jax.pretrained:
+    # "all-MiniLM-L6-v2", "i3d_kinetics400"); they are applied after `workdir`, on a fresh start only.
+    config.init_from = ml_collections.ConfigDict({"workdir": "", "step": -1, "include": [],
+                                                  "text_encoder": "", "video_encoder": ""})
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.shape = (-1, 1, 1)

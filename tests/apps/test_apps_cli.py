@@ -75,7 +75,7 @@ def test_search_finds_clips_by_their_captions(index):
         ranks.append(next(h.rank for h in hits if h.id == searcher.index.ids[position]))
     assert np.mean(ranks) < 6.5, ranks  # chance is 9 of 17
     # the ranking is the exact one: brute force over the stored embeddings
-    query = searcher.predictor.embed_texts([caption])
+    query = searcher.embedder.embed_texts([caption])
     expected = np.argsort(-(np.asarray(searcher.index.embeddings) @ query[0]), kind="stable")
     assert [searcher.index.position(h.id) for h in hits] == list(expected)
     assert isinstance(searcher.index, index_lib.Index) and len(searcher.index) == INDEXED + 1

@@ -67,8 +67,23 @@ class Predictor:
 
     def description(self) -> dict:
         """What produced this predictor's embeddings (stored in a search index)."""
-        return {"workdir": str(self.workdir.absolute()), "step": self.step,
+        return {"encoder": "run", "workdir": str(self.workdir.absolute()), "step": self.step,
                 "video": self.run.config.model.video.name, "text": self.run.config.model.text.name}
+
+    @property
+    def dim(self) -> int:
+        return int(self.run.config.model.embed_dim)
+
+    def clip_source(self, source: str | Sequence[str], limit: int = 0) -> "ClipSource":
+        return clip_source(self.run, source, limit)
+
+    def frames_of(self, metadata: dict) -> np.ndarray:
+        """The frames of a clip this predictor's `clip_source` produced, as stored or decoded."""
+        data = self.run.config.data
+        if metadata.get("source") == "dataset":
+            _, source = pipeline.open_split(self.run.spec, metadata["split"])
+            return source[int(metadata["position"])]["video"]
+        return video_io.decode_video(metadata["path"], int(data.num_frames), int(data.image_size)).frames
 
     # ------------------------------------------------------------------ batching
 
@@ -189,9 +204,8 @@ def dataset_clips(run: Run, split: str, limit: int = 0, start: int = 0) -> ClipS
     return source
 
 
-def file_clips(run: Run, paths: Sequence[str | Path]) -> ClipSource:
-    """Video files, and every video in the folders among `paths`, decoded like the run's data (frames
-    spaced at the data set's frame rate, its sound track); unreadable files are skipped and listed."""
+def video_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The files among `paths`, and every video in the folders among them; a missing path is a UserError."""
     files: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
@@ -202,6 +216,13 @@ def file_clips(run: Run, paths: Sequence[str | Path]) -> ClipSource:
             raise UserError(f"no such video file or folder: {path}")
     if not files:
         raise UserError(f"no video files in {', '.join(map(str, paths))}")
+    return files
+
+
+def file_clips(run: Run, paths: Sequence[str | Path]) -> ClipSource:
+    """Video files, and every video in the folders among `paths`, decoded like the run's data (frames
+    spaced at the data set's frame rate, its sound track); unreadable files are skipped and listed."""
+    files = video_files(paths)
     data = run.config.data
     meta = builders.open_dataset(run.spec.dataset_path).info.metadata or {}
     fps, sample_rate = meta.get("fps"), int(meta.get("sample_rate", builders.SAMPLE_RATE))

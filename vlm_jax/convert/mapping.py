@@ -41,6 +41,7 @@ TRANSFORMS = {
     "transpose": Transform(lambda a: a.T, lambda a: a.T),  # torch Linear [out, in] <-> flax Dense [in, out]
     "conv": Transform(_conv_to_flax, _conv_to_torch),
     "drop_batch": Transform(lambda a: a[0], lambda a: a[None]),  # [1, ...] <-> [...]
+    "drop_two": Transform(lambda a: a[0, 0], lambda a: a[None, None]),  # [1, 1, ...] <-> [...] (a CLS token)
     # old flax BatchNorm statistics (1, 1, 1, 1, C) <-> (C,)
     "flatten_stats": Transform(lambda a: a.reshape(-1), lambda a: a.reshape(1, 1, 1, 1, -1)),
 }

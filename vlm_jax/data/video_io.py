@@ -14,7 +14,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-SAMPLING_MODES = ("uniform", "random_segment")
+SAMPLING_MODES = ("uniform", "random_segment", "first")
 # PyAV raises its own FFmpegError family, plus OSError/EOFError from the file layer and
 # UnicodeDecodeError from malformed container metadata.
 _DECODE_FAILURES = (av.FFmpegError, OSError, EOFError, UnicodeDecodeError)
@@ -38,7 +38,8 @@ def sample_frame_indices(num_available: int, num_frames: int, mode: str,
     """Sorted indices into `num_available` frames, one per equal segment; repeats when frames are too few.
 
     "uniform" takes each segment's centre (deterministic, for evaluation and storage);
-    "random_segment" takes a random frame inside each segment (TSN-style, for training).
+    "random_segment" takes a random frame inside each segment (TSN-style, for training);
+    "first" takes the first `num_frames` in a row, looping a shorter clip (DeepMind's I3D evaluation).
     """
     if mode not in SAMPLING_MODES:
         raise ValueError(f"unknown frame sampling {mode!r}; choose one of {', '.join(SAMPLING_MODES)}")
@@ -47,6 +48,8 @@ def sample_frame_indices(num_available: int, num_frames: int, mode: str,
     segment = np.arange(num_frames, dtype=np.int64)
     if mode == "uniform":
         return (2 * segment + 1) * num_available // (2 * num_frames)
+    if mode == "first":
+        return segment % num_available
     if rng is None:
         raise ValueError("random_segment sampling needs an rng")
     starts = segment * num_available // num_frames

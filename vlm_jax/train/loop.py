@@ -9,7 +9,8 @@ What a run does, in order:
    (`config.optim`) and the jitted train/eval steps with in/out shardings and a donated state;
 3. resumes from the latest checkpoint in `workdir/checkpoints` (parameters, optimizer state, step, key
    and this process's data-iterator position), else starts fresh, optionally from another run's
-   parameters (`config.init_from`, e.g. only the video tower of a pretraining run);
+   parameters (`config.init_from`, e.g. only the video tower of a pretraining run) or from real
+   pretrained towers (`init_from.text_encoder` / `video_encoder`: MiniLM, Kinetics I3D);
 4. trains for `train.num_steps` micro-steps with a progress bar (steps/s, ETA), logging the mean of every
    metric over each `train.log_every` steps to `metrics.jsonl` and TensorBoard (`workdir/tensorboard`);
    every `train.eval_every` steps runs the evaluators on the validation split, and every
@@ -45,7 +46,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vlm_jax import config as config_lib
-from vlm_jax import parallel
+from vlm_jax import parallel, pretrained
 from vlm_jax.data import builders, pipeline
 from vlm_jax.errors import TrainingFault, UserError
 from vlm_jax.train import checkpoint as checkpoint_lib
@@ -53,6 +54,7 @@ from vlm_jax.train import optim, state as state_lib, steps
 from vlm_jax.train.state import TrainState
 
 log = logging.getLogger(__name__)
+TOWER_MODULES = ("text_encoder", "video_encoder")  # init_from keys naming a real pretrained tower
 
 
 class Evaluator(Protocol):
@@ -277,7 +279,25 @@ def _initial_state(run: Run, checkpointer: checkpoint_lib.Checkpointer, train_it
     init_from = run.config.init_from
     if init_from.workdir:
         state = load_pretrained(run, state, init_from)
+    for module in TOWER_MODULES:
+        if init_from[module]:
+            state = load_tower(state, module, init_from[module])
     return state, info
+
+
+def load_tower(state: TrainState, module: str, name: str) -> TrainState:
+    """Replace one encoder's variables by a real pretrained tower's (`vlm_jax.pretrained.tower_variables`),
+    placed on the shardings of the fresh state (every process builds its own shards from the same numpy)."""
+    collections = {"params": state.params[module]}
+    if module in state.batch_stats:
+        collections["batch_stats"] = state.batch_stats[module]
+    loaded = pretrained.tower_variables(name, collections)
+    placed = jax.tree.map(lambda new, old: jax.make_array_from_callback(old.shape, old.sharding,
+                                                                        lambda index: new.astype(old.dtype)[index]),
+                          loaded, collections)
+    log.info("initialised %s from the pretrained %s", module, name)
+    batch_stats = {**state.batch_stats, module: placed["batch_stats"]} if "batch_stats" in placed else state.batch_stats
+    return state.replace(params={**state.params, module: placed["params"]}, batch_stats=batch_stats)
 
 
 def load_pretrained(run: Run, state: TrainState, init_from: Any) -> TrainState:
