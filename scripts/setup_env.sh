@@ -23,5 +23,16 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
     pycocoevalcap==1.2
   echo "$WANT" > "$STAMP"
 fi
+# Debian packages for the real-video demo and tests; without them those parts skip and say why. The report
+# test renders in headless Chromium; opencv-doc has real clips (tree.avi, vtest.avi) and the Kinetics labels.
+apt_install() {  # apt_install PACKAGE WHAT_SKIPS
+  { apt-get install -y -qq --no-install-recommends "$1" || { apt-get update -qq \
+      && apt-get install -y -qq --no-install-recommends "$1"; }; } >/dev/null 2>&1 \
+    || echo "setup_env.sh: could not install $1; $2 will skip" >    || echo "test.sh: could not install $1; $2 will skip" >&22
+}
+if command -v apt-get >/dev/null && [ "$(id -u)" -eq 0 ]; then
+  command -v chromium >/dev/null || apt_install chromium "the report's browser test"
+  [ -d /usr/share/doc/opencv-doc/examples/data ] || apt_install opencv-doc "the tree.avi search check"
+fi
 export PATH="$ROOT/.venv/bin:$PATH"
 export TF_CPP_MIN_LOG_LEVEL=3

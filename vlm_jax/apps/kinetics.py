@@ -64,8 +64,8 @@ def real_clips(paths: Sequence[str | Path], frames: FrameChoice) -> ClipSource:
 
 def classify(paths: Sequence[str | Path], frames: FrameChoice, k: int = 5) -> tuple[list[dict], ClipSource]:
     """Per readable video: {"id", "path", "top": [(label, probability), ...]}, and the source (its skips)."""
+    source = real_clips(paths, frames)  # a missing path fails before the weights load
     classifier = pretrained.load_video_encoder(pretrained.I3D_KINETICS)
-    source = real_clips(paths, frames)
     results = [{"id": clip.id, "path": clip.metadata["path"], "top": classifier.top_k(clip.video[None], k)[0]}
                for clip in source.clips]
     return results, source
