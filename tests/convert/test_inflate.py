@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from test_hf_vivit import randomize
 from vlm_jax.convert import inflate
 from vlm_jax.errors import UserError
 from vlm_jax.models.video import vivit
@@ -19,16 +20,8 @@ ATOL = 1e-5
 
 def random_vit(seed: int = 0, **overrides):
     """A transformers ViTModel with every parameter random (HF zeroes the CLS token and positions)."""
-    import torch
     transformers = pytest.importorskip("transformers", reason="the ViT reference needs transformers")
-    model = transformers.ViTModel(transformers.ViTConfig(**VIT_CONFIG, **overrides))
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            param.normal_(0.0, 0.1)
-            if "norm" in name and name.endswith("weight"):
-                param.add_(1.0)
-    return model.eval()
+    return randomize(transformers.ViTModel(transformers.ViTConfig(**VIT_CONFIG, **overrides)), seed)
 
 
 @pytest.fixture(scope="module")

@@ -176,6 +176,19 @@ def test_export_then_import_is_bit_exact(source, original, tmp_path, suffix):
     assert restored_data_state == data_state and data_state is not None
 
 
+def test_the_convert_command_exports_and_refuses_a_bad_mesh(source, original, tmp_path):
+    from conftest import run_vlm
+    workdir, _ = source
+    expected, _, _ = original
+    run_vlm("convert", "export", "--workdir", str(workdir), "--out", str(tmp_path / "state.npz"))
+    arrays, _ = rc.read_file(tmp_path / "state.npz")
+    assert differences(arrays, expected) == []
+    result = run_vlm("convert", "reshard", "--workdir", str(workdir), "--out", str(tmp_path / "r"), "--mesh", "1,8",
+                     check=False)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "vlm: error: --mesh takes three comma-separated sizes (data,fsdp,tensor), got '1,8'"]
+
+
 def test_params_only_export_and_import_with_a_fresh_optimizer(source, original, tmp_path):
     workdir, _ = source
     expected, _, _ = original
