@@ -28,7 +28,7 @@ fi
 apt_install() {  # apt_install PACKAGE WHAT_SKIPS
   { apt-get install -y -qq --no-install-recommends "$1" || { apt-get update -qq \
       && apt-get install -y -qq --no-install-recommends "$1"; }; } >/dev/null 2>&1 \
-    || echo "setup_env.sh: could not install $1; $2 will skip" >    || echo "test.sh: could not install $1; $2 will skip" >&22
+    || echo "setup_env.sh: could not install $1; $2 will skip" >&2
 }
 if command -v apt-get >/dev/null && [ "$(id -u)" -eq 0 ]; then
   command -v chromium >/dev/null || apt_install chromium "the report's browser test"

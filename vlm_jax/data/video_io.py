@@ -39,7 +39,7 @@ def sample_frame_indices(num_available: int, num_frames: int, mode: str,
 
     "uniform" takes each segment's centre (deterministic, for evaluation and storage);
     "random_segment" takes a random frame inside each segment (TSN-style, for training);
-    "first" takes the first `num_frames` in a row, looping a shorter clip (DeepMind's I3D evaluation).
+    "first" takes the first `num_frames` in a row (DeepMind's I3D evaluation), as many as there are.
     """
     if mode not in SAMPLING_MODES:
         raise ValueError(f"unknown frame sampling {mode!r}; choose one of {', '.join(SAMPLING_MODES)}")
@@ -48,8 +48,8 @@ def sample_frame_indices(num_available: int, num_frames: int, mode: str,
     segment = np.arange(num_frames, dtype=np.int64)
     if mode == "uniform":
         return (2 * segment + 1) * num_available // (2 * num_frames)
-    if mode == "first":
-        return segment % num_available
+    if mode == "first":  # a shorter clip plays slower: each frame repeats, in order
+        return segment if num_available >= num_frames else segment * num_available // num_frames
     if rng is None:
         raise ValueError("random_segment sampling needs an rng")
     starts = segment * num_available // num_frames
