@@ -49,14 +49,18 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+FRAME_CHOICE = ("num_frames", "sampling", "fps")
+
+
 def _add_frame_choice(parser: argparse.ArgumentParser) -> None:
-    """How a real video becomes I3D's input; the labels depend on it (see `pretrained.read_clip`)."""
-    parser.add_argument("--num_frames", type=_positive_int, default=64, help="frames per clip (I3D: at least 8)")
-    parser.add_argument("--sampling", choices=("first", "uniform"), default="first",
-                        help="first: the first frames in a row (DeepMind's I3D evaluation); uniform: spread over "
-                             "the whole video")
-    parser.add_argument("--fps", type=_non_negative_float, default=25.0,
-                        help="resample to this frame rate first (Kinetics: 25; 0 keeps the file's rate)")
+    """How a real video becomes I3D's input; the labels depend on it (see `pretrained.read_clip`). Unset
+    flags stay None and take `kinetics.FrameChoice`'s defaults."""
+    parser.add_argument("--num_frames", type=_positive_int, help="frames per clip (default 64; I3D: at least 8)")
+    parser.add_argument("--sampling", choices=("first", "uniform"),
+                        help="first (default): the first frames in a row (DeepMind's I3D evaluation); uniform: "
+                             "spread over the whole video")
+    parser.add_argument("--fps", type=_non_negative_float,
+                        help="resample to this frame rate first (default 25, Kinetics'; 0 keeps the file's rate)")
 
 
 def _dataset_args(parser: argparse.ArgumentParser) -> None:
@@ -189,25 +193,33 @@ def _search_index(args) -> None:
     if args.encoder == "run":
         if not args.workdir:
             raise UserError("--workdir is required with --encoder run (the trained run that embeds the videos)")
+        chosen = [f"--{name}" for name in FRAME_CHOICE if getattr(args, name) is not None]
+        if chosen:
+            raise UserError(f"{', '.join(chosen)}: only for --encoder kinetics_bridge (a run decodes clips like "
+                            f"its training data)")
         embedder = predictor.Predictor.load(args.workdir, args.step)
     else:
-        if args.workdir:
-            raise UserError(f"--encoder {args.encoder} embeds with pretrained towers; it takes no --workdir")
+        if args.workdir or args.step is not None:
+            raise UserError(f"--encoder {args.encoder} embeds with pretrained towers; it takes no --workdir or --step")
         embedder = kinetics.KineticsBridge(_frame_choice(args))
     sources = args.source[0] if len(args.source) == 1 else args.source
     print(json.dumps(search.build_index(embedder, sources, args.out, limit=args.limit), indent=2))
 
 
 def _frame_choice(args):
+    """The flags of `_add_frame_choice`, defaults filled in; --fps 0 keeps the file's rate."""
     from vlm_jax.apps import kinetics
-    return kinetics.FrameChoice(args.num_frames, args.sampling, args.fps or None)
+    given = {name: getattr(args, name) for name in FRAME_CHOICE if getattr(args, name) is not None}
+    if given.get("fps") == 0:
+        given["fps"] = None
+    return kinetics.FrameChoice(**given)
 
 
 def _classify(args) -> None:
     _inference_setup()
     from vlm_jax.apps import kinetics
-    results, source = kinetics.classify(args.videos, _frame_choice(args), args.k)
     frames = _frame_choice(args)
+    results, source = kinetics.classify(args.videos, frames, args.k)
     print(f"Kinetics-400 I3D, top {args.k}; frames: {frames.num_frames} x 224 px, sampling {frames.sampling}, "
           f"fps {frames.fps or 'as stored'}")
     for result in results:

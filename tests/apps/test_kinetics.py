@@ -67,7 +67,9 @@ def test_classify_prints_top5_kinetics_actions(clips):
 @pytest.mark.parametrize("args, message", [
     (["search", "index", "--source", "x", "--out", "y"], "--workdir is required with --encoder run"),
     (["search", "index", "--encoder", "kinetics_bridge", "--workdir", "w", "--source", "x", "--out", "y"],
-     "takes no --workdir"),
+     "takes no --workdir or --step"),
+    (["search", "index", "--workdir", "w", "--sampling", "uniform", "--source", "x", "--out", "y"],
+     "--sampling: only for --encoder kinetics_bridge"),
     (["classify", "--num_frames", "4", "x.mp4"], "I3D needs at least 8 frames, got 4"),
     (["classify", "--sampling", "random_segment", "x.mp4"], "invalid choice: 'random_segment'"),
     (["classify", "/no/such/video.mp4"], "no such video file or folder: /no/such/video.mp4"),

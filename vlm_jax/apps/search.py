@@ -30,8 +30,8 @@ ADD_EVERY = 50_000  # clips embedded between index commits: a crash loses at mos
 def load_embedder(description: dict):
     """The model that embedded an index, from the description it stored: a trained run, or the
     zero-shot Kinetics bridge."""
-    if description.get("encoder") == "kinetics_bridge":
-        from vlm_jax.apps import kinetics
+    from vlm_jax.apps import kinetics  # imports only the pretrained towers' code, not their weights
+    if description.get("encoder") == kinetics.ENCODER:
         return kinetics.KineticsBridge.from_description(description)
     if "workdir" not in description:
         raise UserError("the index does not name the model that embedded it")
@@ -48,7 +48,7 @@ def build_index(embedder, source: str | Sequence[str], out: str | Path, *, limit
     out = Path(out)
     if (out / "index.json").is_file():
         index = Index.open(out)
-        if index.model != description:
+        if {"encoder": "run", **index.model} != description:  # indexes written before "encoder" were runs
             raise UserError(f"the index at {out} was embedded by {index.model}, not {description}; use a new --out")
     else:
         index = Index.create(out, dim=embedder.dim, model=description)
