@@ -31,7 +31,8 @@ def test_compiled_memory_accounts_for_the_state(tiny_dataset):
     """The compiled step of the micro model on mesh (2, 4, 1) (one compile, minutes on 2 shared cores):
     its arguments are the state plus the batch entries it reads, and the whole state is donated (aliased
     to the new state)."""
-    results = bench.memory(quick=False, data_dir=_data_dir(tiny_dataset), overrides=MICRO, fsdp=(4,))
+    results = bench.memory(quick=False, data_dir=_data_dir(tiny_dataset), compiled=True, overrides=MICRO,
+                           fsdp=(4,))
     key = "memory/tiny/fsdp4"
     state = results[f"{key}/state_mb_per_device"]
     assert results[f"{key}/argument_mb"] - results[f"{key}/batch_mb_per_device"] == pytest.approx(state, rel=1e-9)

@@ -15,6 +15,7 @@ from conftest import run_vlm
     (["data", "build", "moving_shapes", "--data_dir", "/tmp/x", "--seed", "abc"], "--seed: must be a non-negative integer"),
     (["data", "show", "moving_shapes", "--data_dir", "/nonexistent", "--out", "/tmp/x"], "no prepared data set"),
     (["fly"], "invalid choice"),
+    (["bench", "--quick", "--sections", "peak,speed"], "--sections takes a comma-separated subset of"),
 ])
 def test_user_errors_exit_2_with_one_line(args, message):
     result = run_vlm(*args, check=False)

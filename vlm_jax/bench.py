@@ -2,13 +2,15 @@
 
 Results go to OUT/results.json (flat "section/metric" -> number) and OUT/results.md (the same as a table).
 MB are 2**20 bytes. Every section builds the data sets it needs when missing (tiny ~10 s; full: small
-~2 min and 1.5 GB, default ~7 min and 5 GB, on 2 CPU cores); no build is timed. Progress goes to stderr.
-Sections, in the order they run:
+~2 min and 1.5 GB on 2 CPU cores); no build is timed. Progress goes to stderr. `sections` (`vlm bench
+--sections a,b`) runs a subset; they always run in this order:
 
 - `peak/...`: this machine's matmul peak, f32 and bf16 -> f32 (`bench_peers.matmul_peak`).
 
 - `input/<preset>/clips_per_s_workers<n>`: clips per second that grain delivers with the default
-  augmentations, with 0 and 2 worker processes (quick: the tiny data; full: the base preset's data).
+  augmentations, with 0 and 2 worker processes (quick: the tiny preset; full: the small preset, the one
+  the issue's target compares with its train step). `input/<preset>/over_train` (computed at the end,
+  when both sections ran): the faster of the two / `train/<preset>/clips_per_s`.
 
 - `train/<preset>/...`: the real pretraining step (`loop.Run(config).train_step`: its mesh, shardings and
   donated state) on real batches, per preset (quick: tiny; full: tiny, then small), on this process's
@@ -18,9 +20,13 @@ Sections, in the order they run:
     compilation cache; `vlm train` does, so a repeated run skips this);
   - `first_step_s`: the warm-up step that follows (the executable's first run; close to one step, which
     shows the compile above was not repeated);
-  - `steps_per_s`, `clips_per_s`: N more steps (quick: 5; full: 10 tiny, 5 small), timed from the first
-    dispatch to `jax.block_until_ready` on the last state. Their batches are read beforehand, so this is
-    the step alone (`run.to_device` included); the input section says whether the pipeline keeps up;
+  - `steps_per_s`, `clips_per_s`: N more steps (quick: 5; full: 10 tiny, 2 small, whose steps take half a
+    minute each on 2 CPU cores), timed from the first dispatch to `jax.block_until_ready` on the last
+    state. Their batches are read beforehand, so this is the step alone (`run.to_device` included); the
+    input section says whether the pipeline keeps up;
+  - `analytic_gflop`, `xla_gflop`, `xla_over_analytic`, `tflops`, `mfu` (percent of this run's matmul
+    peak for the config's dtype), and `mfu_datasheet` on a GPU: the step's FLOPs counted from its jaxpr
+    and by XLA, and the share of the peak the timed steps reach (`bench_mfu.flops_metrics`);
   - `peak_rss_mb`: the process's peak resident memory (`ru_maxrss` of this process, not of grain's
     workers; it holds the device memory on CPU) once the preset's steps, save and restore are done. It
     is process-wide and never decreases, so the presets run smallest first: each value is the peak so
@@ -30,15 +36,23 @@ Sections, in the order they run:
     `run.factory.abstract()`, the shardings a resumed run restores to) and `checkpoint_mb` (the step's
     directory on disk), in a temporary directory.
 
+- `mfu/<encoder>/<preset>/<dtype>/...`: each video encoder's own training step, FLOPs and MFU
+  (`bench_mfu`; quick: vivit at tiny in float32).
+
+- `scaling/<variant>/<masking>/...`: ViViT step time and peak memory against frame count, and the fitted
+  exponents (`bench_scaling`).
+
 - `memory/<preset>/fsdp<k>/...`: per-device memory of the train state and of the compiled train step on 8
   devices, for meshes (data, fsdp, tensor) = (8,1,1), (4,2,1), (2,4,1) and (1,8,1), so fsdp = 1, 2, 4, 8
-  with the global batch always split 8 ways (quick: tiny; full: tiny and small). It runs in a subprocess
+  with the global batch always split 8 ways (quick: tiny; full: tiny and small).
+  `memory/<preset>/fsdp8_over_fsdp1`: the state per device at fsdp 8 / at fsdp 1. It runs in a subprocess
   with 8 fake CPU devices (`--xla_force_host_platform_device_count=8`) and lowers abstractly (nothing
   is executed):
   - `state_mb_per_device`: the exact bytes of parameters + optimizer state (+ step, key) that one device
     holds: the sum over state leaves of `sharding.shard_shape(shape)` elements times the item size (the
     largest shard: a dimension that does not divide is replicated, see `parallel.fit_spec`);
-  - full only, from `run.train_step.lower(state, batch).compile().memory_analysis()` (per device):
+  - full, tiny and fsdp 1 and 8 only (`MEMORY_COMPILED_PRESETS`, `MEMORY_COMPILED_FSDP`), from
+    `run.train_step.lower(state, batch).compile().memory_analysis()` (per device):
     `argument_mb` (state + the batch entries the step reads; XLA drops unused ones such as `boxes`),
     `batch_mb_per_device` (those entries' shards), `output_mb`, `alias_mb` (outputs written over donated
     arguments: the new state), `temp_mb` (activations, gradients and other scratch) and `total_mb` =
@@ -74,8 +88,12 @@ from vlm_jax.data import builders, pipeline
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "pretrain.py"
 MB = 2**20
-TRAIN_STEPS = {True: {"tiny": 5}, False: {"tiny": 10, "small": 5}}  # quick -> {preset: timed steps}, smallest first
+TRAIN_STEPS = {True: {"tiny": 5}, False: {"tiny": 10, "small": 2}}  # quick -> {preset: timed steps}, smallest first
 MEMORY_PRESETS = {True: ("tiny",), False: ("tiny", "small")}
+MEMORY_COMPILED_PRESETS = ("tiny",)  # full only: about a minute per mesh even at tiny
+MEMORY_COMPILED_FSDP = (1, 8)  # the two ends; 2 and 4 record the state alone
+INPUT_PRESET = {True: "tiny", False: "small"}
+SECTIONS = ("peak", "input", "train", "mfu", "scaling", "memory", "peers")
 MEMORY_DEVICES = 8
 MEMORY_FSDP = (1, 2, 4, 8)  # mesh (8 // fsdp, fsdp, 1)
 
@@ -87,8 +105,9 @@ def load_config(preset: str, data_dir: str, overrides: Sequence[str] = ()) -> An
 # --- input pipeline ------------------------------------------------------------------------------------
 
 def input_pipeline(quick: bool, data_dir: str) -> dict[str, float]:
-    """Clips per second that grain delivers with the default augmentations (full: the default-size data)."""
-    preset = "tiny" if quick else "base"
+    """Clips per second that grain delivers with the default augmentations, at the preset the train section
+    compares it with (quick: tiny, full: small)."""
+    preset = INPUT_PRESET[quick]
     config = load_config(preset, data_dir)
     builders.build(pipeline.build_request(config))
     results = {}
@@ -108,20 +127,21 @@ def input_pipeline(quick: bool, data_dir: str) -> dict[str, float]:
 
 # --- train step and checkpoints ------------------------------------------------------------------------
 
-def train(quick: bool, data_dir: str) -> dict[str, float]:
+def train(quick: bool, data_dir: str, peaks: dict[str, float]) -> dict[str, float]:
     """The `train/<preset>/...` metrics of the module doc, tiny first (peak RSS is process-wide)."""
     results = {}
     for preset, num_steps in TRAIN_STEPS[quick].items():
         start = time.perf_counter()
-        results.update(train_preset(preset, num_steps, data_dir))
+        results.update(train_preset(preset, num_steps, data_dir, peaks))
         _progress(f"train/{preset} done in {time.perf_counter() - start:.0f} s")
         gc.collect()
     return results
 
 
-def train_preset(preset: str, num_steps: int, data_dir: str) -> dict[str, float]:
+def train_preset(preset: str, num_steps: int, data_dir: str, peaks: dict[str, float]) -> dict[str, float]:
     import jax
 
+    from vlm_jax import bench_mfu
     from vlm_jax.train import checkpoint as checkpoint_lib
     from vlm_jax.train import loop
 
@@ -141,8 +161,10 @@ def train_preset(preset: str, num_steps: int, data_dir: str) -> dict[str, float]
     batch = run.to_device(host_batches[0])
     start = time.perf_counter()
     with run.mesh_context():
-        run.train_step.lower(state, batch).compile()  # fills the jit's cache: the calls below reuse it
+        traced = run.train_step.trace(state, batch)
+        compiled = traced.lower().compile()  # fills the jit's cache: the calls below reuse it
     results[f"{key}/compile_s"] = time.perf_counter() - start
+    analytic_flops = bench_mfu.count_flops(traced.jaxpr)  # after the timing: counting is not compiling
 
     start = time.perf_counter()
     with run.mesh_context():
@@ -159,6 +181,8 @@ def train_preset(preset: str, num_steps: int, data_dir: str) -> dict[str, float]
     seconds = time.perf_counter() - start
     results[f"{key}/steps_per_s"] = num_steps / seconds
     results[f"{key}/clips_per_s"] = num_steps * int(config.train.batch_size) / seconds
+    results.update(bench_mfu.flops_metrics(key, analytic_flops, bench_mfu.xla_flops(compiled), seconds / num_steps,
+                                           str(config.model.dtype), peaks))
     loss = float(jax.device_get(metrics["loss"]))
     if not math.isfinite(loss):
         _progress(f"warning: the {preset} train loss is {loss} after {num_steps + 1} steps")
@@ -193,15 +217,24 @@ def _directory_bytes(path: Path) -> int:
 def memory(quick: bool, data_dir: str, compiled: bool | None = None, presets: Sequence[str] | None = None,
            overrides: Sequence[str] = (), fsdp: Sequence[int] = MEMORY_FSDP) -> dict[str, float]:
     """The `memory/<preset>/fsdp<k>/...` metrics of the module doc, one subprocess per preset (8 fake
-    CPU devices must be set before jax starts). `compiled` (the compiled step's statistics too) defaults
-    to `not quick`; `overrides` (config overrides) and `fsdp` (a subset of the meshes) let tests shrink it."""
-    compiled = (not quick) if compiled is None else compiled
+    CPU devices must be set before jax starts). `compiled` (the compiled step's statistics too, for every
+    mesh in `fsdp`) defaults to the module doc's choice; `overrides` (config overrides) and `fsdp` (a
+    subset of the meshes) let tests shrink it."""
     results = {}
     for preset in (MEMORY_PRESETS[quick] if presets is None else presets):
         builders.build(pipeline.build_request(load_config(preset, data_dir, overrides)))  # a no-op when built
-        request = {"preset": preset, "data_dir": data_dir, "compiled": compiled, "overrides": list(overrides),
-                   "fsdp": list(fsdp)}
+        if compiled is None:
+            by_default = not quick and preset in MEMORY_COMPILED_PRESETS
+            compiled_fsdp = [k for k in fsdp if k in MEMORY_COMPILED_FSDP] if by_default else []
+        else:
+            compiled_fsdp = list(fsdp) if compiled else []
+        request = {"preset": preset, "data_dir": data_dir, "compiled_fsdp": compiled_fsdp,
+                   "overrides": list(overrides), "fsdp": list(fsdp)}
         results.update(_memory_subprocess(request))
+        key = f"memory/{preset}"
+        if f"{key}/fsdp1/state_mb_per_device" in results and f"{key}/fsdp{max(fsdp)}/state_mb_per_device" in results:
+            results[f"{key}/fsdp{max(fsdp)}_over_fsdp1"] = (results[f"{key}/fsdp{max(fsdp)}/state_mb_per_device"]
+                                                           / results[f"{key}/fsdp1/state_mb_per_device"])
     return results
 
 
@@ -234,9 +267,10 @@ def per_device_bytes(tree: Any) -> int:
                for x in jax.tree.leaves(tree))
 
 
-def _memory_worker(preset: str, data_dir: str, compiled: bool, overrides: Sequence[str] = (),
+def _memory_worker(preset: str, data_dir: str, compiled_fsdp: Sequence[int], overrides: Sequence[str] = (),
                    fsdp: Sequence[int] = MEMORY_FSDP) -> dict[str, float]:
-    """In the subprocess: the meshes (8 // k, k, 1) for k in `fsdp`, on the 8 devices."""
+    """In the subprocess: the meshes (8 // k, k, 1) for k in `fsdp`, on the 8 devices; the compiled step's
+    statistics too for k in `compiled_fsdp`."""
     import jax
 
     from vlm_jax.train import loop
@@ -252,7 +286,7 @@ def _memory_worker(preset: str, data_dir: str, compiled: bool, overrides: Sequen
         state = run.factory.abstract()
         state_bytes = per_device_bytes(state)
         results[f"{key}/state_mb_per_device"] = state_bytes / MB
-        if not compiled:
+        if k not in compiled_fsdp:
             continue
         if host_batch is None:  # the shapes of a real batch (the global batch: one process)
             host_batch = next(iter(pipeline.train_dataset(run.spec)))
@@ -304,17 +338,28 @@ def markdown_table(results: dict[str, float]) -> str:
     return "| metric | value |\n|---|---:|\n" + "".join(f"| {k} | {format_value(v)} |\n" for k, v in results.items())
 
 
-def run(quick: bool, out_dir: str, data_dir: str | None = None) -> dict[str, float]:
-    from vlm_jax import bench_peers  # imports jax: not at module level, which the memory subprocess runs as
+def run(quick: bool, out_dir: str, data_dir: str | None = None, sections: Sequence[str] = SECTIONS
+        ) -> dict[str, float]:
+    """The chosen sections in `SECTIONS` order, then the derived ratios; writes results.json and results.md."""
+    # these import jax: not at module level, which the memory subprocess runs as
+    from vlm_jax import bench_mfu, bench_peers, bench_scaling
 
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"unknown bench sections {unknown}; choose from {', '.join(SECTIONS)}")
     data_dir = data_dir or os.environ.get("VLM_DATA_DIR", "data")
-    results = {}
-    sections = (("peak", lambda quick, _: bench_peers.matmul_peak(quick)), ("input", input_pipeline),
-                ("train", train), ("memory", memory), ("peers", lambda quick, _: bench_peers.peers(quick)))
-    for name, section in sections:
-        start = time.perf_counter()
-        results.update(section(quick, data_dir))
-        _progress(f"{name} section done in {time.perf_counter() - start:.0f} s")
+    results: dict[str, float] = {}
+    peaks = lambda: {k: v for k, v in results.items() if k.startswith("peak/")}
+    runners = {"peak": lambda: bench_peers.matmul_peak(quick), "input": lambda: input_pipeline(quick, data_dir),
+               "train": lambda: train(quick, data_dir, peaks()), "mfu": lambda: bench_mfu.mfu(quick, peaks()),
+               "scaling": lambda: bench_scaling.scaling(quick), "memory": lambda: memory(quick, data_dir),
+               "peers": lambda: bench_peers.peers(quick)}
+    for name in SECTIONS:
+        if name in sections:
+            start = time.perf_counter()
+            results.update(runners[name]())
+            _progress(f"{name} section done in {time.perf_counter() - start:.0f} s")
+    results.update(derived(quick, results))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -324,8 +369,18 @@ def run(quick: bool, out_dir: str, data_dir: str | None = None) -> dict[str, flo
     return results
 
 
+def derived(quick: bool, results: dict[str, float]) -> dict[str, float]:
+    """Ratios between sections, where both sides ran: `input/<preset>/over_train` = the faster grain setting's
+    clips/s / the train step's clips/s at the same preset (the pipeline keeps up when above 1)."""
+    preset = INPUT_PRESET[quick]
+    rates = [v for k, v in results.items() if k.startswith(f"input/{preset}/clips_per_s_workers")]
+    consumed = results.get(f"train/{preset}/clips_per_s")
+    return {f"input/{preset}/over_train": max(rates) / consumed} if rates and consumed else {}
+
+
 if __name__ == "__main__":  # the memory section's subprocess: python -m vlm_jax.bench memory REQUEST_JSON
     if len(sys.argv) != 3 or sys.argv[1] != "memory":
         sys.exit("usage: python -m vlm_jax.bench memory "
-                 "'{\"preset\": ..., \"data_dir\": ..., \"compiled\": ..., \"overrides\": [...], \"fsdp\": [...]}'")
+                 "'{\"preset\": ..., \"data_dir\": ..., \"compiled_fsdp\": [...], \"overrides\": [...], "
+                 "\"fsdp\": [...]}'")
     print(json.dumps(_memory_worker(**json.loads(sys.argv[2]))))

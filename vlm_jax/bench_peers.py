@@ -26,7 +26,10 @@ Both measure in the calling process, on its devices; progress goes to stderr. Re
                      cross-entropy and AdamW (lr 1e-4, weight decay 1e-4, both sides): ours one jitted step
                      with donated params and optimizer state (`optax.adamw`), theirs `loss.backward()` +
                      `torch.optim.AdamW.step()` (its default implementation). `loss_abs_diff`: the warm-up
-                     step's loss, same weights and batch on both sides.
+                     step's loss, same weights and batch on both sides. `ours_peak_rss_mb`,
+                     `theirs_peak_rss_mb`: the peak resident memory (VmHWM) of a fresh process that
+                     builds that side's workload alone and runs 2 steps (ours: a random init of the same
+                     dims, without torch; theirs: the torch module; imports included).
   timesformer_train  clips/s, full only. Our ViViT `factorised_self_attention` (tubelet 1 x 8 x 8) vs
                      transformers' `TimesformerModel` (divided space-time, its eager attention), both 16
                      frames x 64 patches + CLS, the full sizes above, the same step as vivit_train. Their
@@ -55,6 +58,7 @@ import functools
 import importlib.util
 import os
 import statistics
+import subprocess
 import sys
 import time
 from typing import Any, Callable, Sequence
@@ -281,7 +285,53 @@ def vivit_train(quick: bool, rounds: int) -> dict[str, float]:
         results, (ours_loss, theirs_loss) = interleaved("vivit_train", ours_call, theirs_call, video_shape[0],
                                                         rounds, "clips/s")
     results["peers/vivit_train/loss_abs_diff"] = abs(ours_loss - theirs_loss)
+    for side in ("ours", "theirs"):
+        results[f"peers/vivit_train/{side}_peak_rss_mb"] = _train_peak_rss_subprocess(side, quick)
+    _progress(f"peers/vivit_train: peak RSS ours {results['peers/vivit_train/ours_peak_rss_mb']:.0f} MB, theirs "
+              f"{results['peers/vivit_train/theirs_peak_rss_mb']:.0f} MB")
     return results
+
+
+def _train_peak_rss_subprocess(side: str, quick: bool) -> float:
+    """Peak RSS (MB) of a fresh process that builds the vivit_train workload of one side and runs 2 steps."""
+    command = [sys.executable, "-m", "vlm_jax.bench_peers", "train_rss", side, "quick" if quick else "full"]
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=repo)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{done.stderr[-3000:]}")
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def _train_peak_rss(side: str, quick: bool) -> float:
+    """In the subprocess: one side's vivit_train workload, 2 steps, then this process's peak RSS in MB. Ours
+    is built without torch (random init, the same dims), so neither side pays for the other's library."""
+    sizes = VIVIT_SIZES[quick]
+    video, labels = _clips((sizes["batch"], sizes["frames"], sizes["image"], sizes["image"], 3))
+    if side == "ours":
+        from vlm_jax.models.video.vivit import ViViT
+
+        model = ViViT(variant="joint", pool="cls", width=sizes["hidden"], depth=sizes["layers"],
+                      num_heads=sizes["heads"], mlp_dim=sizes["mlp"], tubelet=(2, sizes["patch"], sizes["patch"]))
+        params = model.init(jax.random.key(0), jnp.asarray(video[:1]))["params"]
+        call, _ = _our_train_step(model, params, video, labels)
+        del params  # donated to the step
+    else:
+        _, _, theirs, _ = _hf_vivit(sizes)
+        call = _their_train_step(theirs, np.zeros((sizes["hidden"], NUM_CLASSES), np.float32), video, labels)
+    with _torch_threads() if side == "theirs" else contextlib.nullcontext():
+        for _ in range(2):  # the first compiles (ours) or allocates (theirs); the second is a steady step
+            call()
+    return _peak_rss_since_exec_mb()
+
+
+def _peak_rss_since_exec_mb() -> float:
+    """VmHWM of /proc/self/status: unlike `ru_maxrss`, which a forked child inherits from its parent and
+    keeps across exec, it starts afresh with the new program."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (the peak-RSS comparison needs Linux)")
 
 
 def timesformer_train(quick: bool, rounds: int) -> dict[str, float]:
@@ -412,3 +462,10 @@ def peers(quick: bool, only: Sequence[str] | None = None) -> dict[str, float]:
         _progress(f"peers/{name} done in {time.perf_counter() - start:.0f} s")
     results["peers/skipped"] = skipped
     return results
+
+
+if __name__ == "__main__":  # vivit_train's peak-RSS subprocess: python -m vlm_jax.bench_peers train_rss SIDE MODE
+    if len(sys.argv) != 4 or sys.argv[1] != "train_rss" or sys.argv[2] not in ("ours", "theirs") \
+            or sys.argv[3] not in ("quick", "full"):
+        sys.exit("usage: python -m vlm_jax.bench_peers train_rss ours|theirs quick|full")
+    print(_train_peak_rss(sys.argv[2], sys.argv[3] == "quick"))

@@ -381,7 +381,12 @@ def _research(args) -> None:
 
 def _bench(args) -> None:
     from vlm_jax import bench
-    bench.run(quick=args.quick, out_dir=args.out, data_dir=args.data_dir)
+    sections = [name.strip() for name in args.sections.split(",") if name.strip()]
+    unknown = sorted(set(sections) - set(bench.SECTIONS))
+    if unknown or not sections:
+        raise UserError(f"--sections takes a comma-separated subset of {','.join(bench.SECTIONS)}, "
+                        f"got {args.sections!r}")
+    bench.run(quick=args.quick, out_dir=args.out, data_dir=args.data_dir, sections=sections)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -543,6 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="seconds, for CI")
     bench.add_argument("--out", default="bench", help="where results.json and results.md go")
     bench.add_argument("--data_dir", help="prepared data sets (default $VLM_DATA_DIR or ./data)")
+    bench.add_argument("--sections", default="peak,input,train,mfu,scaling,memory,peers",
+                       help="comma-separated sections to run, in their fixed order (default: all)")
     bench.set_defaults(func=_bench)
     return parser
 

@@ -85,3 +85,35 @@ def test_bf16_compute_with_f32_parameters_stays_close():
 def test_unknown_remat_policy_is_rejected():
     with pytest.raises(ValueError, match="unknown remat policy"):
         _stack(remat="everything").init(jax.random.key(0), X)
+
+
+@pytest.mark.parametrize("group_bytes", [layers.ATTENTION_GROUP_BYTES, 1])  # whole batch; one example per group
+@pytest.mark.parametrize("masked,causal", [(False, False), (True, False), (True, True)])
+def test_attend_equals_jax_attention_values_and_gradients(monkeypatch, group_bytes, masked, causal):
+    monkeypatch.setattr(layers, "ATTENTION_GROUP_BYTES", group_bytes)
+    keys = jax.random.split(jax.random.key(0), 5)
+    batch, length, heads, head_dim = 4, 9, 2, 8
+    query, key, value, d_out = (jax.random.normal(k, (batch, length, heads, head_dim)) for k in keys[:4])
+    mask = None
+    if masked:  # example 0 sees no key at all: both spread its attention evenly
+        valid = (jax.random.uniform(keys[4], (batch, length)) > 0.4).at[0].set(False)
+        mask = layers.key_padding_mask(valid)
+
+    def outputs_and_gradients(attention):
+        out, vjp = jax.vjp(attention, query, key, value)
+        return (out, *vjp(d_out))
+
+    ours = jax.jit(lambda: outputs_and_gradients(lambda q, k, v: layers.attend(q, k, v, mask, causal)))()
+    reference = jax.jit(lambda: outputs_and_gradients(
+        lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)))()
+    for name, a, b in zip(("out", "d_query", "d_key", "d_value"), ours, reference):
+        np.testing.assert_allclose(a, b, atol=2e-6, err_msg=name)
+
+
+def test_attend_in_bf16_stays_close_to_float32():
+    keys = jax.random.split(jax.random.key(1), 3)
+    query, key, value = (jax.random.normal(k, (2, 17, 2, 16)) for k in keys)
+    exact = layers.attend(query, key, value)
+    low = layers.attend(*(x.astype(jnp.bfloat16) for x in (query, key, value)))
+    assert low.dtype == jnp.bfloat16
+    np.testing.assert_allclose(low.astype(jnp.float32), exact, atol=3e-2)

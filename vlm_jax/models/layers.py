@@ -1,4 +1,4 @@
-"""Shared layers: attention on `jax.nn.dot_product_attention`, MLP, pre-LN transformer blocks, positions.
+"""Shared layers: attention (`attend`), MLP, pre-LN transformer blocks, positions.
 
 Every parameter carries logical axis names (`nn.with_logical_partitioning`), which the config's rule
 table maps onto the device mesh; activations are constrained with logical names where sharding
@@ -10,11 +10,13 @@ activations: activation_batch, activation_length, activation_embed.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = Any
 ACTIVATION = ("activation_batch", "activation_length", "activation_embed")
@@ -110,7 +112,7 @@ def attention_weights(query: jax.Array, key: jax.Array, mask: jax.Array | None =
     """softmax(QK^T / sqrt(head_dim)) [B, heads, Lq, Lk] in float32, masked as `jax.nn.dot_product_attention`
     masks (which never exposes its probabilities): `mask` True where a query may attend, `causal` the
     top-left-aligned lower triangle; a row with no visible key spreads evenly, as there."""
-    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+    logits = jnp.einsum("bhqd,bhkd->bhqk", query, key, preferred_element_type=jnp.float32)
     logits = logits / jnp.sqrt(jnp.float32(query.shape[-1]))
     visible = jnp.ones(logits.shape, bool)
     if mask is not None:
@@ -118,6 +120,96 @@ def attention_weights(query: jax.Array, key: jax.Array, mask: jax.Array | None =
     if causal:
         visible = visible & jnp.tril(jnp.ones(logits.shape[-2:], bool))
     return jax.nn.softmax(jnp.where(visible, logits, jnp.finfo(jnp.float32).min), axis=-1)
+
+
+# Scores one group of examples may hold on CPU: a few MB, so they stay in cache between the passes.
+ATTENTION_GROUP_BYTES = 8 * 2**20
+
+
+def attend(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array | None = None,
+           causal: bool = False) -> jax.Array:
+    """softmax(QK^T / sqrt(head_dim)) V for [B, L, heads, head_dim] inputs, with the masking of
+    `jax.nn.dot_product_attention` (which it calls off the CPU).
+
+    On the CPU, XLA materialises the [B, heads, Lq, Lk] scores for the whole batch and passes over them
+    several times from memory; here they are computed a group of examples at a time (`lax.map`), and the
+    backward pass recomputes them from the saved row maxima and sums instead of storing the probabilities (as
+    FlashAttention does). That keeps each group's scores in cache and the saved activations at O(L).
+    Scores and softmax are float32; the probabilities meet `value` in its dtype.
+    """
+    if jax.default_backend() != "cpu":
+        return jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=causal)
+    batch, length_q, heads, _ = query.shape
+    length_k = key.shape[1]
+    visible = jnp.ones((1, 1, length_q, length_k), bool) if mask is None else mask
+    if causal:
+        visible = visible & jnp.tril(jnp.ones((length_q, length_k), bool))
+    visible = jnp.broadcast_to(visible, (batch, visible.shape[1], length_q, length_k))
+    per_example = heads * length_q * length_k * 4
+    group = max(d for d in range(1, batch + 1)
+                if batch % d == 0 and (d == 1 or d * per_example <= ATTENTION_GROUP_BYTES))
+    heads_first = lambda x: x.transpose(0, 2, 1, 3)  # [B, heads, L, head_dim]: the dots batch over leading axes
+    out = _grouped_attention(heads_first(query), heads_first(key), heads_first(value), visible, group)
+    return heads_first(out)
+
+
+def _scores(query, key, visible):
+    """Masked float32 scores [B, heads, Lq, Lk]; a row with no visible key is uniform, as in jax.nn."""
+    scale = jnp.float32(query.shape[-1]) ** -0.5
+    logits = jnp.einsum("bhqd,bhkd->bhqk", query, key, preferred_element_type=jnp.float32) * scale
+    return jnp.where(visible, logits, jnp.finfo(jnp.float32).min)
+
+
+def _attention_forward(query, key, value, visible):
+    scores = _scores(query, key, visible)
+    peak = scores.max(axis=-1, keepdims=True)
+    exp = jnp.exp(scores - peak)
+    total = exp.sum(axis=-1, keepdims=True)
+    out = jnp.einsum("bhqk,bhkd->bhqd", (exp / total).astype(value.dtype), value)
+    return out, (peak[..., 0], total[..., 0])
+
+
+def _attention_backward(query, key, value, visible, out, softmax_stats, d_out):
+    peak, total = softmax_stats  # kept apart: peak + log(total) would lose log(total) next to float32 min
+    probabilities = jnp.exp(_scores(query, key, visible) - peak[..., None]) / total[..., None]
+    d_value = jnp.einsum("bhqk,bhqd->bhkd", probabilities.astype(d_out.dtype), d_out)
+    d_probabilities = jnp.einsum("bhqd,bhkd->bhqk", d_out, value, preferred_element_type=jnp.float32)
+    row = jnp.einsum("bhqd,bhqd->bhq", d_out, out, preferred_element_type=jnp.float32)[..., None]
+    d_scores = jnp.where(visible, probabilities * (d_probabilities - row), 0.0)
+    d_scores = d_scores * jnp.float32(query.shape[-1]) ** -0.5
+    d_query = jnp.einsum("bhqk,bhkd->bhqd", d_scores.astype(key.dtype), key)
+    d_key = jnp.einsum("bhqk,bhqd->bhkd", d_scores.astype(query.dtype), query)
+    return d_query, d_key, d_value
+
+
+def _in_groups(fn, group, *arrays):
+    """fn over the batch `group` examples at a time; groups take every (B / group)-th example, so a batch
+    sharded over devices stays sharded inside each group."""
+    count = arrays[0].shape[0] // group
+    if count == 1:
+        return fn(*arrays)
+    split = lambda x: jnp.moveaxis(x.reshape(group, count, *x.shape[1:]), 1, 0)
+    outputs = jax.lax.map(lambda xs: fn(*xs), jax.tree.map(split, arrays))
+    return jax.tree.map(lambda y: jnp.moveaxis(y, 0, 1).reshape(-1, *y.shape[2:]), outputs)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _grouped_attention(query, key, value, visible, group):
+    return _in_groups(_attention_forward, group, query, key, value, visible)[0]
+
+
+def _grouped_attention_fwd(query, key, value, visible, group):
+    out, softmax_stats = _in_groups(_attention_forward, group, query, key, value, visible)
+    return out, (query, key, value, visible, out, softmax_stats)
+
+
+def _grouped_attention_bwd(group, residuals, d_out):
+    d_query, d_key, d_value = _in_groups(_attention_backward, group, *residuals, d_out)
+    visible = residuals[3]
+    return d_query, d_key, d_value, np.zeros(visible.shape, jax.dtypes.float0)
+
+
+_grouped_attention.defvjp(_grouped_attention_fwd, _grouped_attention_bwd)
 
 
 class Attention(nn.Module):
@@ -159,7 +251,7 @@ class Attention(nn.Module):
         # explanations ask for the probabilities; training, evaluation and init never pay for them
         if self.is_mutable_collection("attention") and not self.is_initializing():
             self.sow("attention", "weights", attention_weights(query, key, mask, causal))
-        out = jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=causal)
+        out = attend(query, key, value, mask=mask, causal=causal)
         out = nn.Dropout(self.dropout_rate)(out, deterministic=deterministic)
         out = out.reshape(out.shape[:2] + (features,))
         return dense(features, ("heads", "embed"), dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
