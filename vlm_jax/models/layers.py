@@ -112,7 +112,7 @@ def attention_weights(query: jax.Array, key: jax.Array, mask: jax.Array | None =
     """softmax(QK^T / sqrt(head_dim)) [B, heads, Lq, Lk] in float32, masked as `jax.nn.dot_product_attention`
     masks (which never exposes its probabilities): `mask` True where a query may attend, `causal` the
     top-left-aligned lower triangle; a row with no visible key spreads evenly, as there."""
-    logits = jnp.einsum("bhqd,bhkd->bhqk", query, key, preferred_element_type=jnp.float32)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
     logits = logits / jnp.sqrt(jnp.float32(query.shape[-1]))
     visible = jnp.ones(logits.shape, bool)
     if mask is not None:
