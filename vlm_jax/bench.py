@@ -3,13 +3,14 @@
 Results go to OUT/results.json (flat "section/metric" -> number) and OUT/results.md (the same as a table).
 MB are 2**20 bytes. Every section builds the data sets it needs when missing (tiny ~10 s; full: small
 ~2 min and 1.5 GB on 2 CPU cores); no build is timed. Progress goes to stderr. `sections` (`vlm bench
---sections a,b`) runs a subset; they always run in this order:
+--sections a,b`) runs a subset (train and mfu bring peak, which their MFU divides by); they always run
+in this order:
 
 - `peak/...`: this machine's matmul peak, f32 and bf16 -> f32 (`bench_peers.matmul_peak`).
 
 - `input/<preset>/clips_per_s_workers<n>`: clips per second that grain delivers with the default
-  augmentations, with 0 and 2 worker processes (quick: the tiny preset; full: the small preset, the one
-  the issue's target compares with its train step). `input/<preset>/over_train` (computed at the end,
+  augmentations, with 0 and 2 worker processes (quick: the tiny preset; full: the small preset).
+  `input/<preset>/over_train` (computed at the end,
   when both sections ran): the faster of the two / `train/<preset>/clips_per_s`.
 
 - `train/<preset>/...`: the real pretraining step (`loop.Run(config).train_step`: its mesh, shardings and
@@ -347,6 +348,8 @@ def run(quick: bool, out_dir: str, data_dir: str | None = None, sections: Sequen
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         raise ValueError(f"unknown bench sections {unknown}; choose from {', '.join(SECTIONS)}")
+    if {"train", "mfu"} & set(sections):
+        sections = {*sections, "peak"}
     data_dir = data_dir or os.environ.get("VLM_DATA_DIR", "data")
     results: dict[str, float] = {}
     peaks = lambda: {k: v for k, v in results.items() if k.startswith("peak/")}
