@@ -12,26 +12,26 @@ in this order:
   augmentations, with 0 and 2 worker processes (quick: the tiny preset; full: the small preset).
   `input/<preset>/over_train` (computed at the end,
   when both sections ran): the faster of the two / `train/<preset>/clips_per_s`.
+  `input/mp4/clips_per_s`: real mp4 decoding (H.264 + AAC) to clips of the same preset (`mp4_decoding`).
 
 - `train/<preset>/...`: the real pretraining step (`loop.Run(config).train_step`: its mesh, shardings and
-  donated state) on real batches, per preset (quick: tiny; full: tiny, then small), on this process's
-  devices with the config's mesh:
+  donated state) on real batches, at one preset (quick: tiny; full: small, the preset the issue's MFU
+  target names), on this process's devices with the config's mesh:
   - `init_s`: `run.factory.create()` (compiling and running the sharded init);
   - `compile_s`: tracing, lowering and compiling the step, cold (the bench turns on no persistent
     compilation cache; `vlm train` does, so a repeated run skips this);
   - `first_step_s`: the warm-up step that follows (the executable's first run; close to one step, which
     shows the compile above was not repeated);
-  - `steps_per_s`, `clips_per_s`: N more steps (quick: 5; full: 10 tiny, 2 small, whose steps take half a
-    minute each on 2 CPU cores), timed from the first dispatch to `jax.block_until_ready` on the last
+  - `steps_per_s`, `clips_per_s`: N more steps (quick: 5; full: 2, which take about 20 s each on 2 CPU
+    cores), timed from the first dispatch to `jax.block_until_ready` on the last
     state. Their batches are read beforehand, so this is the step alone (`run.to_device` included); the
     input section says whether the pipeline keeps up;
   - `analytic_gflop`, `xla_gflop`, `xla_over_analytic`, `tflops`, `mfu` (percent of this run's matmul
     peak for the config's dtype), and `mfu_datasheet` on a GPU: the step's FLOPs counted from its jaxpr
     and by XLA, and the share of the peak the timed steps reach (`bench_mfu.flops_metrics`);
   - `peak_rss_mb`: the process's peak resident memory (`ru_maxrss` of this process, not of grain's
-    workers; it holds the device memory on CPU) once the preset's steps, save and restore are done. It
-    is process-wide and never decreases, so the presets run smallest first: each value is the peak so
-    far (tiny's includes the input section's), dominated by that preset's own;
+    workers; it holds the device memory on CPU) once the steps, save and restore are done. It is
+    process-wide, so it includes the input section's, though the train step's dominates it;
   - `checkpoint_save_blocking_s` (`Checkpointer.save` returning: the device-to-host copy the loop waits
     for), `checkpoint_save_total_s` (until `wait()` has it committed), `checkpoint_restore_s` (onto
     `run.factory.abstract()`, the shardings a resumed run restores to) and `checkpoint_mb` (the step's
@@ -52,7 +52,8 @@ in this order:
   - `state_mb_per_device`: the exact bytes of parameters + optimizer state (+ step, key) that one device
     holds: the sum over state leaves of `sharding.shard_shape(shape)` elements times the item size (the
     largest shard: a dimension that does not divide is replicated, see `parallel.fit_spec`);
-  - full, tiny and fsdp 1 and 8 only (`MEMORY_COMPILED_PRESETS`, `MEMORY_COMPILED_FSDP`), from
+  - full, tiny and fsdp 1 and 8 only (`MEMORY_COMPILED_PRESETS`, `MEMORY_COMPILED_FSDP`; each mesh
+    compiles in its own subprocess, side by side), from
     `run.train_step.lower(state, batch).compile().memory_analysis()` (per device):
     `argument_mb` (state + the batch entries the step reads; XLA drops unused ones such as `boxes`),
     `batch_mb_per_device` (those entries' shards), `output_mb`, `alias_mb` (outputs written over donated
@@ -71,6 +72,7 @@ in this order:
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import gc
 import json
@@ -89,11 +91,12 @@ from vlm_jax.data import builders, pipeline
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "pretrain.py"
 MB = 2**20
-TRAIN_STEPS = {True: {"tiny": 5}, False: {"tiny": 10, "small": 2}}  # quick -> {preset: timed steps}, smallest first
+TRAIN_STEPS = {True: {"tiny": 5}, False: {"small": 2}}  # quick -> {preset: timed steps}
 MEMORY_PRESETS = {True: ("tiny",), False: ("tiny", "small")}
 MEMORY_COMPILED_PRESETS = ("tiny",)  # full only: about a minute per mesh even at tiny
 MEMORY_COMPILED_FSDP = (1, 8)  # the two ends; 2 and 4 record the state alone
 INPUT_PRESET = {True: "tiny", False: "small"}
+MP4_FILES = 16
 SECTIONS = ("peak", "input", "train", "mfu", "scaling", "memory", "peers")
 MEMORY_DEVICES = 8
 MEMORY_FSDP = (1, 2, 4, 8)  # mesh (8 // fsdp, fsdp, 1)
@@ -119,17 +122,46 @@ def input_pipeline(quick: bool, data_dir: str) -> dict[str, float]:
         rates = []
         for _ in range(3 if quick else 5):
             start, clips = time.perf_counter(), 0
-            for _ in range(4 if quick else 20):
+            for _ in range(4 if quick else 10):
                 clips += len(next(iterator)["video"])
             rates.append(clips / (time.perf_counter() - start))
         results[f"input/{preset}/clips_per_s_workers{workers}"] = statistics.median(rates)
+    results.update(mp4_decoding(quick, config))
     return results
+
+
+def mp4_decoding(quick: bool, config: Any) -> dict[str, float]:
+    """`input/mp4/clips_per_s`: clips per second that `video_io.decode_video` cuts from real mp4 files (H.264
+    and AAC, 4 s at 25 fps, 160 x 120 with mono sound) at the preset's frames and image size, in this
+    thread: the work a `video_folder` data build does per file. Written here with `video_io.write_video`
+    (a moving colour ramp, so the encoder has motion to code); the writing is not timed."""
+    import numpy as np
+
+    from vlm_jax.data import video_io
+
+    num_files, seconds, fps, sample_rate = (4 if quick else MP4_FILES), 4, 25, 16000
+    y, x = np.mgrid[0:120, 0:160]
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory(prefix="vlm_bench_mp4_") as folder:
+        paths = [Path(folder) / f"clip{i}.mp4" for i in range(num_files)]
+        for i, path in enumerate(paths):
+            frames = np.stack([np.stack([(x + 3 * t + i) % 256, (y + 2 * t) % 256, (x + y + t) % 256], -1)
+                               for t in range(seconds * fps)]).astype(np.uint8)
+            sound = rng.uniform(-0.1, 0.1, seconds * sample_rate).astype(np.float32)
+            video_io.write_video(path, frames, fps, audio=sound, sample_rate=sample_rate)
+        rates = []
+        for _ in range(1 + (2 if quick else 3)):  # the first round is the warm-up
+            start = time.perf_counter()
+            for path in paths:
+                video_io.decode_video(path, int(config.data.num_frames), int(config.data.image_size))
+            rates.append(num_files / (time.perf_counter() - start))
+    return {"input/mp4/clips_per_s": statistics.median(rates[1:])}
 
 
 # --- train step and checkpoints ------------------------------------------------------------------------
 
 def train(quick: bool, data_dir: str, peaks: dict[str, float]) -> dict[str, float]:
-    """The `train/<preset>/...` metrics of the module doc, tiny first (peak RSS is process-wide)."""
+    """The `train/<preset>/...` metrics of the module doc."""
     results = {}
     for preset, num_steps in TRAIN_STEPS[quick].items():
         start = time.perf_counter()
@@ -229,9 +261,16 @@ def memory(quick: bool, data_dir: str, compiled: bool | None = None, presets: Se
             compiled_fsdp = [k for k in fsdp if k in MEMORY_COMPILED_FSDP] if by_default else []
         else:
             compiled_fsdp = list(fsdp) if compiled else []
-        request = {"preset": preset, "data_dir": data_dir, "compiled_fsdp": compiled_fsdp,
-                   "overrides": list(overrides), "fsdp": list(fsdp)}
-        results.update(_memory_subprocess(request))
+        # One subprocess per compiled mesh and one for the rest, side by side: nothing here is timed, and
+        # a compile keeps about one of the 2 cores busy (full: 2 minutes -> 1).
+        base = {"preset": preset, "data_dir": data_dir, "overrides": list(overrides)}
+        requests = [{**base, "compiled_fsdp": [k], "fsdp": [k]} for k in compiled_fsdp]
+        state_only = [k for k in fsdp if k not in compiled_fsdp]
+        if state_only:
+            requests.append({**base, "compiled_fsdp": [], "fsdp": state_only})
+        with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
+            for measured in pool.map(_memory_subprocess, requests):
+                results.update(measured)
         key = f"memory/{preset}"
         if f"{key}/fsdp1/state_mb_per_device" in results and f"{key}/fsdp{max(fsdp)}/state_mb_per_device" in results:
             results[f"{key}/fsdp{max(fsdp)}_over_fsdp1"] = (results[f"{key}/fsdp{max(fsdp)}/state_mb_per_device"]

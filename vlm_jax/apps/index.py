@@ -229,13 +229,15 @@ def _merge_block(best_scores, best_indices, queries, block, offset, valid, *, k:
 _merge_block_jit = jax.jit(_merge_block, static_argnames=("k", "approximate"))
 
 
-def top_k(queries: np.ndarray, keys: np.ndarray, k: int, block_size: int = 65536, approximate: bool = False,
+def top_k(queries: np.ndarray, keys: np.ndarray, k: int, block_size: int = 8192, approximate: bool = False,
           exclude: list[set[int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The k keys with the highest dot product with each query: (scores [Q, k], indices [Q, k]), best first.
 
     Queries are normalised here (a zero query is an error); keys are used as given (an index's rows are
     unit norm). Keys are scored in blocks of `block_size` rows, so N may far exceed device memory for one
-    score matrix; the last block is padded so one compiled function serves every block. Equal scores
+    score matrix; the last block is padded so one compiled function serves every block. 8192 rows keep a
+    1000-query score block (32 MB) near the cache: 1M x 256 keys took 9.1 s on 2 CPU cores, against 11.6 s
+    with 65536-row blocks (`vlm bench`'s search peer). Equal scores
     rank the lower index first (exact mode). k above N is clamped to N. `approximate` takes each block's
     top-k with `approx_max_k` (recall target 0.95, exact on CPU) instead of an exact top_k.
 
