@@ -45,3 +45,9 @@ def test_table_numbers_keep_three_digits():
         ["1940", "74.8", "2.54", "0.395", "0.0123", "0", "12.0"]
     table = bench.markdown_table({"train/tiny/compile_s": 74.83, "train/tiny/checkpoint_save_blocking_s": 0.0123})
     assert "| train/tiny/checkpoint_save_blocking_s | 0.0123 |" in table
+
+
+def test_mp4_decoding_reads_real_files():
+    """Four written H.264 + AAC files, each decoded to the tiny preset's clip (no timing asserted)."""
+    results = bench.mp4_decoding(quick=True, config=bench.load_config("tiny", "data"))
+    assert set(results) == {"input/mp4/clips_per_s"} and results["input/mp4/clips_per_s"] > 0

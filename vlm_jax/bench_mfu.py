@@ -19,6 +19,7 @@ into model FLOPs (MFU). `vlm bench` uses it in two places:
     `peak/bf16_f32acc_gflops` for bfloat16), in percent;
   - on a GPU also `mfu_datasheet`: tflops / the datasheet dense bf16 peak of the device kind
     (`DATASHEET_BF16_TFLOPS`), in percent.
+  Every step is initialised and compiled first (`COMPILE_THREADS` at a time), then each is timed alone.
   Quick: vivit at tiny in float32, 1 timed step. Full: vivit at every preset in both `DTYPES`, and the
   other encoders in `ENCODERS` at small in float32, 2 timed steps each (a full grid would not fit `vlm
   bench`'s time on 2 CPU cores, where the convolutional encoders run at a few clips per second).
@@ -26,6 +27,8 @@ into model FLOPs (MFU). `vlm bench` uses it in two places:
 
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
 import functools
 import math
 import statistics
@@ -39,6 +42,7 @@ ENCODERS = ("vivit", "i3d", "cnn2d", "cnn_rnn")
 PRESETS = ("tiny", "small", "base")
 ENCODER_BATCH = 8
 DTYPES = ("float32", "bfloat16")
+COMPILE_THREADS = 2  # one per core: XLA's CPU compiles mostly keep one core busy each
 # Dense bfloat16 tensor-core peak (TFLOP/s, without sparsity) by `jax.devices()[0].device_kind` substring.
 DATASHEET_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0}
 
@@ -109,9 +113,20 @@ def flops_metrics(key: str, analytic: float, xla: float, step_s: float, dtype: s
     return results
 
 
-def encoder_step(encoder: str, preset: str, dtype: str, timed_steps: int,
-                 peaks: dict[str, float]) -> dict[str, float]:
-    """One (encoder, preset, dtype) of the `mfu` section (see the module docstring)."""
+@dataclasses.dataclass
+class EncoderStep:
+    """One (encoder, preset, dtype) of the `mfu` section, compiled, with the state and clips it runs on."""
+    key: str
+    dtype: str
+    executable: Any
+    state: Any
+    video: Any
+    analytic_flops: float
+    xla_flops: float
+
+
+def compile_encoder_step(encoder: str, preset: str, dtype: str) -> EncoderStep:
+    """Initialise, trace (FLOPs counted) and compile one encoder's step (see the module docstring)."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -146,18 +161,25 @@ def encoder_step(encoder: str, preset: str, dtype: str, timed_steps: int,
 
     state = (params, tx.init(params), extra)
     traced = step.trace(*state, video, jax.random.key(1))
-    analytic = count_flops(traced.jaxpr)
-    compiled = traced.lower().compile()
-    seconds = []
+    executable = traced.lower().compile()
+    return EncoderStep(f"mfu/{encoder}/{preset}/{dtype}", dtype, executable, state, video,
+                       count_flops(traced.jaxpr), xla_flops(executable))
+
+
+def time_encoder_step(step: EncoderStep, timed_steps: int, peaks: dict[str, float]) -> dict[str, float]:
+    """The step's median time over `timed_steps` runs after a warm-up (its state is donated), and its MFU."""
+    import jax
+
+    state, step.state, seconds = step.state, None, []
     for i in range(timed_steps + 1):  # the first is the warm-up
         start = time.perf_counter()
-        *state, loss = jax.block_until_ready(compiled(*state, video, jax.random.key(i)))
+        *state, loss = jax.block_until_ready(step.executable(*state, step.video, jax.random.key(i)))
         if i:
             seconds.append(time.perf_counter() - start)
     step_s = statistics.median(seconds)
-    key = f"mfu/{encoder}/{preset}/{dtype}"
-    return {f"{key}/step_s": step_s, f"{key}/clips_per_s": batch_size / step_s,
-            **flops_metrics(key, analytic, xla_flops(compiled), step_s, dtype, peaks)}
+    batch_size = step.video.shape[0]
+    return {f"{step.key}/step_s": step_s, f"{step.key}/clips_per_s": batch_size / step_s,
+            **flops_metrics(step.key, step.analytic_flops, step.xla_flops, step_s, step.dtype, peaks)}
 
 
 def mfu(quick: bool, peaks: dict[str, float]) -> dict[str, float]:
@@ -165,13 +187,19 @@ def mfu(quick: bool, peaks: dict[str, float]) -> dict[str, float]:
     combos = ([("vivit", "tiny", "float32")] if quick else
               [("vivit", p, d) for p in PRESETS for d in DTYPES]
               + [(e, "small", "float32") for e in ENCODERS[1:]])
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(COMPILE_THREADS) as pool:  # every compile before any timing
+        steps = list(pool.map(lambda combo: compile_encoder_step(*combo), combos))
+    _progress(f"mfu: {len(steps)} steps initialised and compiled in {time.perf_counter() - start:.0f} s "
+              f"({COMPILE_THREADS} at a time)")
     results: dict[str, float] = {}
-    for encoder, preset, dtype in combos:
-        start = time.perf_counter()
-        measured = encoder_step(encoder, preset, dtype, 1 if quick else 2, peaks)
+    while steps:
+        step = steps.pop(0)
+        key = step.key
+        measured = time_encoder_step(step, 1 if quick else 2, peaks)
+        del step
         results.update(measured)
-        key = f"mfu/{encoder}/{preset}/{dtype}"
         _progress(f"{key}: {measured[f'{key}/clips_per_s']:.3g} clips/s, {measured[f'{key}/tflops'] * 1e3:.3g} "
                   f"GFLOP/s, MFU {measured[f'{key}/mfu']:.1f}% (xla/analytic FLOPs "
-                  f"{measured[f'{key}/xla_over_analytic']:.2f}; {time.perf_counter() - start:.0f} s)")
+                  f"{measured[f'{key}/xla_over_analytic']:.2f})")
     return results

@@ -14,16 +14,16 @@ Measured in the calling process, on its default device; progress goes to stderr.
   values). The step is one `jax.jit` with the parameters and optimizer state donated; the "dropout" and
   "masking" rngs are `fold_in(key, step)` inside it, so the masked tubelets change from step to step. It
   is lowered and compiled once (`jax.jit(...).lower(...).compile()`, not timed) and that executable is
-  both analysed and timed.
+  both analysed and timed. All steps compile first, `COMPILE_THREADS` at a time, and are then timed one
+  after another on an otherwise idle process.
 
   Full: `vivit.SIZES["small"]` (width 192, 4 layers, temporal 2, 3 heads, MLP 768), T = 16, 32, 64,
   batch 2, 3 timed steps. Quick (a smoke test): `SIZES["tiny"]` (width 64, 2 layers, temporal 1, 2 heads,
   MLP 256), T = 4, 8, batch 2, 2 timed steps; its steps take milliseconds, its 12 compiles about a minute
   on 2 shared CPU cores.
-  The full section takes about 3 minutes on 2 shared CPU cores, three quarters of it lowering and
-  compiling the 18 steps (4-9 s each; printed on stderr, not recorded) and the rest the 72 step runs, of
-  which the joint variant at 64 frames (2048 tokens per clip, ~3 s a step) is
-  the largest. Batch 4 would double the step runs, adding about a minute; batch 2 still gives 0.06 s or
+  The full section takes about 3 minutes on 2 shared CPU cores, most of it lowering and compiling the 18
+  steps (5-9 s each one at a time) and the rest the 72 step runs, of which the joint variant at 64 frames
+  (2048 tokens per clip, ~3 s a step) is the largest. Batch 4 would double the step runs, adding about a minute; batch 2 still gives 0.06 s or
   more per step, far above dispatch overhead.
 
   Per (variant, masking, frames), under `scaling/<variant>/<mask0|mask50>/frames<T>/`:
@@ -49,6 +49,8 @@ Measured in the calling process, on its default device; progress goes to stderr.
 
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
 import math
 import statistics
 import sys
@@ -60,6 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 
 MB = 2**20
+COMPILE_THREADS = 2  # one per core: XLA's CPU compiles mostly keep one core busy each
 MASKINGS = {"mask0": 0.0, "mask50": 0.5}
 IMAGE = 64
 TUBELET = (2, 8, 8)
@@ -122,9 +125,20 @@ def _train_step(model: Any, tx: Any):
     return jax.jit(step, donate_argnums=(0, 1))
 
 
-def measure(variant: str, mask_ratio: float, frames: int, sizes: dict, batch: int,
-            steps: int) -> tuple[float, float, float]:
-    """(median step seconds, peak MB, compile seconds) of one ViViT training step; see the module docstring."""
+@dataclasses.dataclass
+class Compiled:
+    """One ViViT training step, compiled, with the state and clips it runs on."""
+    name: str
+    executable: Any
+    params: Any
+    opt_state: Any
+    video: jax.Array
+    step_key: jax.Array
+    peak_mb: float
+
+
+def compile_step(variant: str, mask_ratio: float, frames: int, sizes: dict, batch: int) -> Compiled:
+    """The step of one (variant, mask_ratio, frames), lowered and compiled; see the module docstring."""
     import optax
 
     from vlm_jax.models.video.vivit import ViViT
@@ -135,23 +149,27 @@ def measure(variant: str, mask_ratio: float, frames: int, sizes: dict, batch: in
     params = _random_params(model, video[:1])
     tx = optax.adamw(LEARNING_RATE, weight_decay=WEIGHT_DECAY)
     opt_state = tx.init(params)
-    step_index = jnp.zeros((), jnp.int32)
-    start = time.perf_counter()
-    compiled = _train_step(model, tx).lower(params, opt_state, video, step_key, step_index).compile()
-    compile_s = time.perf_counter() - start
-    stats = compiled.memory_analysis()
+    executable = _train_step(model, tx).lower(params, opt_state, video, step_key, jnp.zeros((), jnp.int32)).compile()
+    stats = executable.memory_analysis()
     peak = (stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
             + stats.temp_size_in_bytes)
-    seconds = []
+    return Compiled(f"ViViT {variant} mask_ratio {mask_ratio} frames {frames}", executable, params, opt_state,
+                    video, step_key, peak / MB)
+
+
+def time_step(compiled: Compiled, steps: int) -> float:
+    """The median seconds of `steps` runs of a compiled step after one warm-up run (its state is donated)."""
+    params, opt_state, seconds = compiled.params, compiled.opt_state, []
+    compiled.params = compiled.opt_state = None
     for i in range(steps + 1):  # the first is the warm-up
         start = time.perf_counter()
         params, opt_state, loss = jax.block_until_ready(
-            compiled(params, opt_state, video, step_key, jnp.asarray(i, jnp.int32)))
+            compiled.executable(params, opt_state, compiled.video, compiled.step_key, jnp.asarray(i, jnp.int32)))
         if i:
             seconds.append(time.perf_counter() - start)
     if not math.isfinite(float(loss)):
-        _progress(f"warning: ViViT {variant} mask_ratio {mask_ratio} frames {frames}: the loss is {float(loss)}")
-    return statistics.median(seconds), peak / MB, compile_s
+        _progress(f"warning: {compiled.name}: the loss is {float(loss)}")
+    return statistics.median(seconds)
 
 
 def scaling(quick: bool, *, variants: Sequence[str] | None = None, maskings: Sequence[str] | None = None,
@@ -174,16 +192,24 @@ def scaling(quick: bool, *, variants: Sequence[str] | None = None, maskings: Seq
                          f"{', '.join((*vivit.VARIANTS, *MASKINGS))}")
     sizes = vivit.SIZES[setting["sizes"]]
     fitted = [t for t in frame_counts if t >= setting["fit_from"]]
+    combos = [(v, m, t) for v in variants for m in maskings for t in frame_counts]
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(COMPILE_THREADS) as pool:  # every compile before any timing
+        steps = dict(zip(combos, pool.map(
+            lambda combo: compile_step(combo[0], MASKINGS[combo[1]], combo[2], sizes, setting["batch"]), combos)))
+    _progress(f"scaling: {len(combos)} steps compiled in {time.perf_counter() - start:.0f} s "
+              f"({COMPILE_THREADS} at a time)")
     results = {}
     for variant in variants:
         for masking in maskings:
             prefix = f"scaling/{variant}/{masking}"
             for t in frame_counts:
-                step_s, peak_mb, compile_s = measure(variant, MASKINGS[masking], t, sizes, setting["batch"],
-                                                     setting["steps"])
+                compiled = steps.pop((variant, masking, t))
+                step_s = time_step(compiled, setting["steps"])
                 results[f"{prefix}/frames{t}/step_s"] = step_s
-                results[f"{prefix}/frames{t}/peak_mb"] = peak_mb
-                _progress(f"{prefix}/frames{t}: {step_s:.3g} s, {peak_mb:.0f} MB (compiled in {compile_s:.1f} s)")
+                results[f"{prefix}/frames{t}/peak_mb"] = compiled.peak_mb
+                _progress(f"{prefix}/frames{t}: {step_s:.3g} s, {compiled.peak_mb:.0f} MB")
+                del compiled
             if len(fitted) >= 2:
                 for metric, name in (("step_s", "time_exponent"), ("peak_mb", "memory_exponent")):
                     results[f"{prefix}/{name}"] = fit_exponent(

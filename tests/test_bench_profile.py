@@ -1,0 +1,32 @@
+"""`bench_profile`: a real `jax.profiler` trace of a small jitted call, summed by operation kind. What the
+times are is never asserted, only that the program's own operations are found and the runtime's are not."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from vlm_jax import bench_profile
+
+
+def test_kind_is_the_instruction_name_prefix():
+    assert [bench_profile.kind(n) for n in ("dot.12", "convolution", "fusion.3.clone", "while.7", "copy_fusion")] \
+        == ["dot", "convolution", "fusion", "while", "copy_fusion"]
+
+
+def test_profile_sums_the_traced_operations(monkeypatch, tmp_path):
+    step = jax.jit(lambda a, b: jnp.tanh(a @ b).sum())
+    a, b = jnp.ones((256, 256)), jnp.ones((256, 256))
+    call = lambda: jax.block_until_ready(step(a, b))  # noqa: E731
+    call()  # compiled before the trace, as `our_call` does
+    monkeypatch.setattr(bench_profile, "our_call", lambda workload: call)
+    report = bench_profile.profile("vivit_train", calls=2, trace_dir=tmp_path)
+    times = bench_profile.operation_times(tmp_path)
+    hlo = step.lower(a, b).compile().as_text()
+    assert times and all(name in hlo for name in times), sorted(times)  # the program's own operations only
+    assert report.startswith("vivit_train:") and f"| {bench_profile.kind(times.most_common(1)[0][0])} |" in report
+
+
+def test_cli_rejects_an_unknown_workload(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench_profile.main(["resnet"])
+    assert exit_info.value.code == 2
