@@ -4,7 +4,8 @@ Results go to OUT/results.json (flat "section/metric" -> number) and OUT/results
 MB are 2**20 bytes. Every section builds the data sets it needs when missing (tiny ~10 s; full: small
 ~2 min and 1.5 GB on 2 CPU cores); no build is timed. Progress goes to stderr. `sections` (`vlm bench
 --sections a,b`) runs a subset (train and mfu bring peak, which their MFU divides by); they always run
-in this order:
+in this order, except that the memory section, which times nothing, runs alongside mfu's compiles when
+both are chosen:
 
 - `peak/...`: this machine's matmul peak, f32 and bf16 -> f32 (`bench_peers.matmul_peak`).
 
@@ -32,7 +33,8 @@ in this order:
   - `peak_rss_mb`: the process's peak resident memory (`ru_maxrss` of this process, not of grain's
     workers; it holds the device memory on CPU) once the steps, save and restore are done. It is
     process-wide, so it includes the input section's, though the train step's dominates it;
-  - `checkpoint_save_blocking_s` (`Checkpointer.save` returning: the device-to-host copy the loop waits
+  - quick only (at small they cost half a minute of the full run's 15): `checkpoint_save_blocking_s`
+    (`Checkpointer.save` returning: the device-to-host copy the loop waits
     for), `checkpoint_save_total_s` (until `wait()` has it committed), `checkpoint_restore_s` (onto
     `run.factory.abstract()`, the shardings a resumed run restores to) and `checkpoint_mb` (the step's
     directory on disk), in a temporary directory.
@@ -165,17 +167,17 @@ def train(quick: bool, data_dir: str, peaks: dict[str, float]) -> dict[str, floa
     results = {}
     for preset, num_steps in TRAIN_STEPS[quick].items():
         start = time.perf_counter()
-        results.update(train_preset(preset, num_steps, data_dir, peaks))
+        results.update(train_preset(preset, num_steps, data_dir, peaks, time_checkpoint=quick))
         _progress(f"train/{preset} done in {time.perf_counter() - start:.0f} s")
         gc.collect()
     return results
 
 
-def train_preset(preset: str, num_steps: int, data_dir: str, peaks: dict[str, float]) -> dict[str, float]:
+def train_preset(preset: str, num_steps: int, data_dir: str, peaks: dict[str, float],
+                 time_checkpoint: bool = True) -> dict[str, float]:
     import jax
 
     from vlm_jax import bench_mfu
-    from vlm_jax.train import checkpoint as checkpoint_lib
     from vlm_jax.train import loop
 
     config = load_config(preset, data_dir)
@@ -220,12 +222,25 @@ def train_preset(preset: str, num_steps: int, data_dir: str, peaks: dict[str, fl
     if not math.isfinite(loss):
         _progress(f"warning: the {preset} train loss is {loss} after {num_steps + 1} steps")
 
+    if time_checkpoint:
+        results.update(checkpoint_timing(key, run, config, state, iterator.get_state()))
+    results[f"{key}/peak_rss_mb"] = loop.peak_rss_mb()
+    return results
+
+
+def checkpoint_timing(key: str, run: Any, config: Any, state: Any, data_state: Any) -> dict[str, float]:
+    """The `checkpoint_*` metrics of the module doc: one save and restore of `state` in a temporary directory."""
+    import jax
+
+    from vlm_jax.train import checkpoint as checkpoint_lib
+
+    results = {}
     with tempfile.TemporaryDirectory(prefix="vlm_bench_") as workdir:
         checkpointer = checkpoint_lib.Checkpointer(workdir, max_to_keep=1, config=config)
         try:
             step = int(jax.device_get(state.step))
             start = time.perf_counter()
-            checkpointer.save(step, state, iterator.get_state())
+            checkpointer.save(step, state, data_state)
             results[f"{key}/checkpoint_save_blocking_s"] = time.perf_counter() - start
             checkpointer.wait()
             results[f"{key}/checkpoint_save_total_s"] = time.perf_counter() - start
@@ -237,7 +252,6 @@ def train_preset(preset: str, num_steps: int, data_dir: str, peaks: dict[str, fl
             results[f"{key}/checkpoint_restore_s"] = time.perf_counter() - start
         finally:
             checkpointer.close()
-    results[f"{key}/peak_rss_mb"] = loop.peak_rss_mb()
     return results
 
 
@@ -392,15 +406,27 @@ def run(quick: bool, out_dir: str, data_dir: str | None = None, sections: Sequen
     data_dir = data_dir or os.environ.get("VLM_DATA_DIR", "data")
     results: dict[str, float] = {}
     peaks = lambda: {k: v for k, v in results.items() if k.startswith("peak/")}
+    # The memory section times nothing: with mfu it starts in the background as mfu's compiles do, and mfu
+    # waits for it before timing anything.
+    background = concurrent.futures.ThreadPoolExecutor(1)
+    memory_jobs: list[concurrent.futures.Future] = []
+
+    def mfu_section() -> dict[str, float]:
+        if "memory" in sections:
+            memory_jobs.append(background.submit(memory, quick, data_dir))
+        return bench_mfu.mfu(quick, peaks(), before_timing=memory_jobs[0].result if memory_jobs else None)
+
     runners = {"peak": lambda: bench_peers.matmul_peak(quick), "input": lambda: input_pipeline(quick, data_dir),
-               "train": lambda: train(quick, data_dir, peaks()), "mfu": lambda: bench_mfu.mfu(quick, peaks()),
-               "scaling": lambda: bench_scaling.scaling(quick), "memory": lambda: memory(quick, data_dir),
+               "train": lambda: train(quick, data_dir, peaks()), "mfu": mfu_section,
+               "scaling": lambda: bench_scaling.scaling(quick),
+               "memory": lambda: memory_jobs[0].result() if memory_jobs else memory(quick, data_dir),
                "peers": lambda: bench_peers.peers(quick)}
-    for name in SECTIONS:
-        if name in sections:
-            start = time.perf_counter()
-            results.update(runners[name]())
-            _progress(f"{name} section done in {time.perf_counter() - start:.0f} s")
+    with background:
+        for name in SECTIONS:
+            if name in sections:
+                start = time.perf_counter()
+                results.update(runners[name]())
+                _progress(f"{name} section done in {time.perf_counter() - start:.0f} s")
     results.update(derived(quick, results))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ import math
 import statistics
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -182,8 +182,9 @@ def time_encoder_step(step: EncoderStep, timed_steps: int, peaks: dict[str, floa
             **flops_metrics(step.key, step.analytic_flops, step.xla_flops, step_s, step.dtype, peaks)}
 
 
-def mfu(quick: bool, peaks: dict[str, float]) -> dict[str, float]:
-    """The `mfu` section; `peaks` holds this run's `peak/...` results."""
+def mfu(quick: bool, peaks: dict[str, float], before_timing: Callable[[], Any] | None = None) -> dict[str, float]:
+    """The `mfu` section; `peaks` holds this run's `peak/...` results. `before_timing` is called between the
+    compiles and the first timing (`vlm bench` waits there for untimed work it ran alongside the compiles)."""
     combos = ([("vivit", "tiny", "float32")] if quick else
               [("vivit", p, d) for p in PRESETS for d in DTYPES]
               + [(e, "small", "float32") for e in ENCODERS[1:]])
@@ -192,6 +193,8 @@ def mfu(quick: bool, peaks: dict[str, float]) -> dict[str, float]:
         steps = list(pool.map(lambda combo: compile_encoder_step(*combo), combos))
     _progress(f"mfu: {len(steps)} steps initialised and compiled in {time.perf_counter() - start:.0f} s "
               f"({COMPILE_THREADS} at a time)")
+    if before_timing:
+        before_timing()
     results: dict[str, float] = {}
     while steps:
         step = steps.pop(0)

@@ -3,7 +3,8 @@
 Measured in the calling process, on its default device; progress goes to stderr. Results are flat
 "section/metric" -> number, like the rest of `vlm bench`. MB are 2**20 bytes.
 
-- `scaling(quick)`: for every ViViT variant (joint, factorised_encoder, factorised_self_attention), with
+- `scaling(quick)`: for joint and factorised ViViT (`VARIANTS`: joint, factorised_encoder; the TimeSformer-style
+  factorised_self_attention is left to `variants=`, as `vlm bench` times it against TimesformerModel), with
   token masking off and on (`mask0`: mask_ratio 0.0; `mask50`: mask_ratio 0.5, the variant's own masking
   scheme, see `models.video.vivit`), and for each frame count T, one training step of the encoder alone:
   random 64 x 64 RGB clips in [-1, 1], tubelet 2 x 8 x 8 (so T / 2 x 8 x 8 tubelets, 64 per time slice),
@@ -18,12 +19,13 @@ Measured in the calling process, on its default device; progress goes to stderr.
   after another on an otherwise idle process.
 
   Full: `vivit.SIZES["small"]` (width 192, 4 layers, temporal 2, 3 heads, MLP 768), T = 16, 32, 64,
-  batch 2, 3 timed steps. Quick (a smoke test): `SIZES["tiny"]` (width 64, 2 layers, temporal 1, 2 heads,
-  MLP 256), T = 4, 8, batch 2, 2 timed steps; its steps take milliseconds, its 12 compiles about a minute
+  batch 2, 2 timed steps. Quick (a smoke test): `SIZES["tiny"]` (width 64, 2 layers, temporal 1, 2 heads,
+  MLP 256), T = 4, 8, batch 2, 2 timed steps; its steps take milliseconds, its 8 compiles half a minute
   on 2 shared CPU cores.
-  The full section takes about 3 minutes on 2 shared CPU cores, most of it lowering and compiling the 18
-  steps (5-9 s each one at a time) and the rest the 72 step runs, of which the joint variant at 64 frames
-  (2048 tokens per clip, ~3 s a step) is the largest. Batch 4 would double the step runs, adding about a minute; batch 2 still gives 0.06 s or
+  The full section takes about 2 minutes on 2 shared CPU cores, most of it lowering and compiling the 12
+  steps (5-9 s each one at a time) and the rest the 36 step runs, of which the joint variant at 64 frames
+  (2048 tokens per clip, ~3 s a step) is the largest. Batch 4 would double the step runs, adding about a
+  minute; batch 2 still gives 0.06 s or
   more per step, far above dispatch overhead.
 
   Per (variant, masking, frames), under `scaling/<variant>/<mask0|mask50>/frames<T>/`:
@@ -43,7 +45,7 @@ Measured in the calling process, on its default device; progress goes to stderr.
     variants attend within a time slice and across T/2 slices, so they stay near 1 (the issue's target:
     step time exponent <= 1.15 from 16 to 64 frames). The full run does not measure T = 8: there the
     fixed costs (the optimizer update over every parameter, dispatch) still weigh on the time. The memory
-    exponents are exact (static plans); the time exponents rest on three medians of three steps and move
+    exponents are exact (static plans); the time exponents rest on three medians of two steps and move
     by up to ~0.3 between runs on a loaded machine.
 """
 
@@ -64,12 +66,13 @@ import numpy as np
 MB = 2**20
 COMPILE_THREADS = 2  # one per core: XLA's CPU compiles mostly keep one core busy each
 MASKINGS = {"mask0": 0.0, "mask50": 0.5}
+VARIANTS = ("joint", "factorised_encoder")
 IMAGE = 64
 TUBELET = (2, 8, 8)
 LEARNING_RATE, WEIGHT_DECAY = 1e-4, 1e-4
 # quick -> sizes, frame counts, the shortest clip the exponents are fitted from, batch and timed steps
 SETTINGS = {
-    False: dict(sizes="small", frames=(16, 32, 64), fit_from=16, batch=2, steps=3),
+    False: dict(sizes="small", frames=(16, 32, 64), fit_from=16, batch=2, steps=2),
     True: dict(sizes="tiny", frames=(4, 8), fit_from=0, batch=2, steps=2),
 }
 
@@ -183,7 +186,7 @@ def scaling(quick: bool, *, variants: Sequence[str] | None = None, maskings: Seq
     from vlm_jax.models.video import vivit
 
     setting = SETTINGS[quick]
-    variants = vivit.VARIANTS if variants is None else tuple(variants)
+    variants = VARIANTS if variants is None else tuple(variants)
     maskings = tuple(MASKINGS) if maskings is None else tuple(maskings)
     frame_counts = setting["frames"] if frames is None else tuple(frames)
     unknown = sorted({*set(variants) - set(vivit.VARIANTS), *set(maskings) - set(MASKINGS)})
