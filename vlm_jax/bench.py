@@ -4,8 +4,7 @@ Results go to OUT/results.json (flat "section/metric" -> number) and OUT/results
 MB are 2**20 bytes. Every section builds the data sets it needs when missing (tiny ~10 s; full: small
 ~2 min and 1.5 GB on 2 CPU cores); no build is timed. Progress goes to stderr. `sections` (`vlm bench
 --sections a,b`) runs a subset (train and mfu bring peak, which their MFU divides by); they always run
-in this order, except that the memory section, which times nothing, runs alongside mfu's compiles when
-both are chosen:
+in this order:
 
 - `peak/...`: this machine's matmul peak, f32 and bf16 -> f32 (`bench_peers.matmul_peak`).
 
@@ -406,27 +405,15 @@ def run(quick: bool, out_dir: str, data_dir: str | None = None, sections: Sequen
     data_dir = data_dir or os.environ.get("VLM_DATA_DIR", "data")
     results: dict[str, float] = {}
     peaks = lambda: {k: v for k, v in results.items() if k.startswith("peak/")}
-    # The memory section times nothing: with mfu it starts in the background as mfu's compiles do, and mfu
-    # waits for it before timing anything.
-    background = concurrent.futures.ThreadPoolExecutor(1)
-    memory_jobs: list[concurrent.futures.Future] = []
-
-    def mfu_section() -> dict[str, float]:
-        if "memory" in sections:
-            memory_jobs.append(background.submit(memory, quick, data_dir))
-        return bench_mfu.mfu(quick, peaks(), before_timing=memory_jobs[0].result if memory_jobs else None)
-
     runners = {"peak": lambda: bench_peers.matmul_peak(quick), "input": lambda: input_pipeline(quick, data_dir),
-               "train": lambda: train(quick, data_dir, peaks()), "mfu": mfu_section,
-               "scaling": lambda: bench_scaling.scaling(quick),
-               "memory": lambda: memory_jobs[0].result() if memory_jobs else memory(quick, data_dir),
+               "train": lambda: train(quick, data_dir, peaks()), "mfu": lambda: bench_mfu.mfu(quick, peaks()),
+               "scaling": lambda: bench_scaling.scaling(quick), "memory": lambda: memory(quick, data_dir),
                "peers": lambda: bench_peers.peers(quick)}
-    with background:
-        for name in SECTIONS:
-            if name in sections:
-                start = time.perf_counter()
-                results.update(runners[name]())
-                _progress(f"{name} section done in {time.perf_counter() - start:.0f} s")
+    for name in SECTIONS:
+        if name in sections:
+            start = time.perf_counter()
+            results.update(runners[name]())
+            _progress(f"{name} section done in {time.perf_counter() - start:.0f} s")
     results.update(derived(quick, results))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

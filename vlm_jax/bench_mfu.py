@@ -34,7 +34,7 @@ import math
 import statistics
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -182,9 +182,8 @@ def time_encoder_step(step: EncoderStep, timed_steps: int, peaks: dict[str, floa
             **flops_metrics(step.key, step.analytic_flops, step.xla_flops, step_s, step.dtype, peaks)}
 
 
-def mfu(quick: bool, peaks: dict[str, float], before_timing: Callable[[], Any] | None = None) -> dict[str, float]:
-    """The `mfu` section; `peaks` holds this run's `peak/...` results. `before_timing` is called between the
-    compiles and the first timing (`vlm bench` waits there for untimed work it ran alongside the compiles)."""
+def mfu(quick: bool, peaks: dict[str, float]) -> dict[str, float]:
+    """The `mfu` section; `peaks` holds this run's `peak/...` results."""
     combos = ([("vivit", "tiny", "float32")] if quick else
               [("vivit", p, d) for p in PRESETS for d in DTYPES]
               + [(e, "small", "float32") for e in ENCODERS[1:]])
@@ -193,8 +192,6 @@ def mfu(quick: bool, peaks: dict[str, float], before_timing: Callable[[], Any] |
         steps = list(pool.map(lambda combo: compile_encoder_step(*combo), combos))
     _progress(f"mfu: {len(steps)} steps initialised and compiled in {time.perf_counter() - start:.0f} s "
               f"({COMPILE_THREADS} at a time)")
-    if before_timing:
-        before_timing()
     results: dict[str, float] = {}
     while steps:
         step = steps.pop(0)
