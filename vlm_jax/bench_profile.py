@@ -1,13 +1,13 @@
 """Where our side of a `vlm bench` peer spends its time: a `jax.profiler` trace of a few calls, its XLA
-operations summed by kind. `vlm bench` says how fast; this says why.
+operations summed by kind and by source. `vlm bench` says how fast; this says why.
 
     python -m vlm_jax.bench_profile vivit_train|timesformer_train|i3d_forward [--calls 3] [--trace-dir DIR]
 
-The workloads are the peers' own (`bench_peers`, full sizes). It prints, per call, the time of each kind of
-operation (the HLO instruction name's prefix: `dot`, `convolution`, `fusion`, `ynn_fusion` (a matmul fused
-with its neighbours), `while` (the grouped attention of `layers.attend` on CPU is a `lax.map`, hence a while
-loop, whose body's operations also appear by name), ...) and the slowest instructions. The trace
-stays in DIR for TensorBoard or Perfetto.
+The workloads are the peers' own (`bench_peers`, full sizes). It prints the time per call of the
+operations by kind (the HLO instruction name's prefix: `dot`, `convolution`, `ynn_fusion` (a matmul fused
+with its neighbours), `while` (the grouped attention of `layers.attend` on CPU is a `lax.map`), ...), by
+source in the model (`sources`: e.g. `backward transformer/layer_*/attention`), and the slowest
+operations. The trace stays in DIR for TensorBoard or Perfetto.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import json
 import re
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,7 +43,11 @@ def our_call(workload: str) -> Callable[[], Any]:
         variables = i3d_convert.load_i3d_kinetics(model)
         forward = jax.jit(lambda v, x: model.apply(v, x, method=I3D.logits))
         video = jnp.asarray(peers._clips((1, 16, 224, 224, 3))[0])
-        call = lambda: jax.block_until_ready(forward(variables, video))  # noqa: E731
+
+        def call():
+            return jax.block_until_ready(forward(variables, video))
+
+        call.compiled_text = lambda: forward.lower(variables, video).compile().as_text()
     else:
         variant, tubelet, batch = (("joint", 2, sizes["batch"]) if workload == "vivit_train"
                                    else ("factorised_self_attention", 1, peers.TIMESFORMER_BATCH))
@@ -73,20 +78,44 @@ def kind(name: str) -> str:
     return re.split(r"[.\d]", name, maxsplit=1)[0] or name
 
 
+def sources(compiled_text: str) -> dict[str, str]:
+    """Each HLO operation's source in the model: its `op_name` metadata with the transformations unwrapped
+    and layer numbers folded (`backward transformer/layer_*/attention/query`); "forward"/"backward" by
+    whether autodiff transposed it; top-level code (the optimizer, the loss) is `step`."""
+    named = {}
+    for match in re.finditer(r'%([\w.\-]+) = .*?metadata=\{op_name="([^"]*)"', compiled_text):
+        path = re.sub(r"^jit\([^)]*\)/?", "", match.group(2))
+        direction = "backward" if "transpose(" in path else "forward"
+        while re.search(r"\w+\(([^()]*)\)", path):
+            path = re.sub(r"\w+\(([^()]*)\)", r"\1", path)  # jvp(ViViT) -> ViViT
+        parts = [re.sub(r"_\d+$", "_*", part) for part in path.split("/")[:-1] if part]  # drop the primitive
+        named[match.group(1)] = f"{direction} {'/'.join(parts[1:5]) or 'step'}" if parts else "step"
+    return named
+
+
 def profile(workload: str, calls: int, trace_dir: Path) -> str:
     call = our_call(workload)
     jax.profiler.start_trace(str(trace_dir))
+    start = time.perf_counter()
     for _ in range(calls):
         call()
+    wall_ms = (time.perf_counter() - start) / calls * 1e3
     jax.profiler.stop_trace()
     totals = operation_times(trace_dir)
+    named = sources(call.compiled_text())
     by_kind: collections.Counter = collections.Counter()
+    by_source: collections.Counter = collections.Counter()
     for name, micros in totals.items():
         by_kind[kind(name)] += micros
+        by_source[named.get(name, "(unnamed)")] += micros
     total = sum(by_kind.values())
-    lines = [f"{workload}: {total / calls / 1e3:.1f} ms of operations per call ({calls} calls, trace in {trace_dir})",
+    lines = [f"{workload}: {wall_ms:.0f} ms per call, {total / calls / 1e3:.0f} ms of it in traced operations "
+             f"({calls} calls, trace in {trace_dir}). XLA's CPU runtime traces the operations it runs itself; work it "
+             "hands to its thread pool shows only as waiting for completion.",
              "", "| kind | ms per call | share |", "|---|---:|---:|"]
     lines += [f"| {k} | {v / calls / 1e3:.1f} | {100 * v / total:.1f}% |" for k, v in by_kind.most_common(12)]
+    lines += ["", "| source | ms per call | share |", "|---|---:|---:|"]
+    lines += [f"| {k} | {v / calls / 1e3:.1f} | {100 * v / total:.1f}% |" for k, v in by_source.most_common(16)]
     lines += ["", "| slowest operations | ms per call | share |", "|---|---:|---:|"]
     lines += [f"| {n[:80]} | {v / calls / 1e3:.1f} | {100 * v / total:.1f}% |" for n, v in totals.most_common(10)]
     return "\n".join(lines)
