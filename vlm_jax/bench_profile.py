@@ -1,9 +1,10 @@
 """Where our side of a `vlm bench` peer spends its time: a `jax.profiler` trace of a few calls, its XLA
 operations summed by kind and by source. `vlm bench` says how fast; this says why.
 
-    python -m vlm_jax.bench_profile vivit_train|timesformer_train|i3d_forward [--calls 3] [--trace-dir DIR]
+    python -m vlm_jax.bench_profile WORKLOAD [--calls 3] [--trace-dir DIR]
 
-The workloads are the peers' own (`bench_peers`, full sizes). It prints the time per call of the
+The workloads (`WORKLOADS`) are the peers' own (`bench_peers`, full sizes), and `pretrain`: the small
+preset's pretraining step of the train section (from ./data, built when missing). It prints the time per call of the
 operations by kind (the HLO instruction name's prefix: `dot`, `convolution`, `ynn_fusion` (a matmul fused
 with its neighbours), `while` (the grouped attention of `layers.attend` on CPU is a `lax.map`), ...), by
 source in the model (`sources`: e.g. `backward transformer/layer_*/attention`), and the slowest
@@ -26,7 +27,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-WORKLOADS = ("vivit_train", "timesformer_train", "i3d_forward")
+WORKLOADS = ("vivit_train", "timesformer_train", "i3d_forward", "minilm_encode", "pretrain")
 
 
 def our_call(workload: str) -> Callable[[], Any]:
@@ -35,7 +36,16 @@ def our_call(workload: str) -> Callable[[], Any]:
     from vlm_jax.models.video.vivit import ViViT
 
     sizes = peers.VIVIT_SIZES[False]
-    if workload == "i3d_forward":
+    if workload == "pretrain":
+        call = _pretrain_call()
+    elif workload == "minilm_encode":
+        from vlm_jax import pretrained
+
+        encoder, texts = pretrained.load_text_encoder(pretrained.MINILM), peers.sentences(640)
+
+        def call():
+            return encoder.encode(texts, batch_size=64)  # tokenising included, as in the peer; no compiled_text
+    elif workload == "i3d_forward":
         from vlm_jax.convert import i3d as i3d_convert
         from vlm_jax.models.video.i3d import I3D
 
@@ -57,6 +67,31 @@ def our_call(workload: str) -> Callable[[], Any]:
         params = jax.jit(model.init)(jax.random.key(0), jnp.asarray(video[:1]))["params"]
         call, _ = peers._our_train_step(model, params, video, labels)
     call()
+    return call
+
+
+def _pretrain_call() -> Callable[[], Any]:
+    """The small preset's pretraining step (`vlm bench`'s train section) on one real batch."""
+    from vlm_jax import bench
+    from vlm_jax.data import pipeline
+    from vlm_jax.train import loop
+
+    config = bench.load_config("small", "data")
+    loop.ensure_data(config)
+    run = loop.Run(config)
+    batch = run.to_device(next(iter(pipeline.train_dataset(run.spec))))
+    holder = {"state": run.factory.create()}
+
+    def call():
+        with run.mesh_context():
+            holder["state"], metrics = run.train_step(holder["state"], batch)
+        return jax.block_until_ready(metrics)
+
+    def compiled_text():
+        with run.mesh_context():
+            return run.train_step.lower(holder["state"], batch).compile().as_text()
+
+    call.compiled_text = compiled_text
     return call
 
 
@@ -102,20 +137,21 @@ def profile(workload: str, calls: int, trace_dir: Path) -> str:
     wall_ms = (time.perf_counter() - start) / calls * 1e3
     jax.profiler.stop_trace()
     totals = operation_times(trace_dir)
-    named = sources(call.compiled_text())
+    named = sources(call.compiled_text()) if hasattr(call, "compiled_text") else {}
     by_kind: collections.Counter = collections.Counter()
     by_source: collections.Counter = collections.Counter()
     for name, micros in totals.items():
         by_kind[kind(name)] += micros
         by_source[named.get(name, "(unnamed)")] += micros
     total = sum(by_kind.values())
-    lines = [f"{workload}: {wall_ms:.0f} ms per call, {total / calls / 1e3:.0f} ms of it in traced operations "
-             f"({calls} calls, trace in {trace_dir}). XLA's CPU runtime traces the operations it runs itself; work it "
-             "hands to its thread pool shows only as waiting for completion.",
+    lines = [f"{workload}: {wall_ms:.0f} ms per call; its traced operations sum to {total / calls / 1e3:.0f} ms "
+             f"({calls} calls, trace in {trace_dir}). Operations on the thread pool overlap, so the sum can exceed "
+             "the wall time; work XLA's CPU runtime hands to the pool untraced shows only as waiting for completion.",
              "", "| kind | ms per call | share |", "|---|---:|---:|"]
     lines += [f"| {k} | {v / calls / 1e3:.1f} | {100 * v / total:.1f}% |" for k, v in by_kind.most_common(12)]
-    lines += ["", "| source | ms per call | share |", "|---|---:|---:|"]
-    lines += [f"| {k} | {v / calls / 1e3:.1f} | {100 * v / total:.1f}% |" for k, v in by_source.most_common(16)]
+    if named:
+        lines += ["", "| source | ms per call | share |", "|---|---:|---:|"]
+        lines += [f"| {k} | {v / calls / 1e3:.1f} | {100 * v / total:.1f}% |" for k, v in by_source.most_common(16)]
     lines += ["", "| slowest operations | ms per call | share |", "|---|---:|---:|"]
     lines += [f"| {n[:80]} | {v / calls / 1e3:.1f} | {100 * v / total:.1f}% |" for n, v in totals.most_common(10)]
     return "\n".join(lines)
