@@ -30,8 +30,9 @@ in this order:
     peak for the config's dtype), and `mfu_datasheet` on a GPU: the step's FLOPs counted from its jaxpr
     and by XLA, and the share of the peak the timed steps reach (`bench_mfu.flops_metrics`);
   - `peak_rss_mb`: the process's peak resident memory (`ru_maxrss` of this process, not of grain's
-    workers; it holds the device memory on CPU) once the steps, save and restore are done. It is
-    process-wide, so it includes the input section's, though the train step's dominates it;
+    workers; it holds the device memory on CPU) once the steps (and, quick, the checkpoint save and
+    restore) are done. It is process-wide, so it includes the input section's, though the train step's
+    dominates it;
   - quick only (at small they cost half a minute of the full run's 15): `checkpoint_save_blocking_s`
     (`Checkpointer.save` returning: the device-to-host copy the loop waits
     for), `checkpoint_save_total_s` (until `wait()` has it committed), `checkpoint_restore_s` (onto
@@ -173,7 +174,7 @@ def train(quick: bool, data_dir: str, peaks: dict[str, float]) -> dict[str, floa
 
 
 def train_preset(preset: str, num_steps: int, data_dir: str, peaks: dict[str, float],
-                 time_checkpoint: bool = True) -> dict[str, float]:
+                 time_checkpoint: bool) -> dict[str, float]:
     import jax
 
     from vlm_jax import bench_mfu
