@@ -321,6 +321,13 @@ def per_device_bytes(tree: Any) -> int:
                for x in jax.tree.leaves(tree))
 
 
+def compiled_total_bytes(stats: Any) -> int:
+    """A compiled program's buffers from its `memory_analysis()`: arguments + outputs - the outputs aliased
+    onto donated arguments (not counted twice) + temporaries."""
+    return (stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
+            + stats.temp_size_in_bytes)
+
+
 def _memory_worker(preset: str, data_dir: str, compiled_fsdp: Sequence[int], overrides: Sequence[str] = (),
                    fsdp: Sequence[int] = MEMORY_FSDP) -> dict[str, float]:
     """In the subprocess: the meshes (8 // k, k, 1) for k in `fsdp`, on the 8 devices; the compiled step's
@@ -359,7 +366,7 @@ def _memory_worker(preset: str, data_dir: str, compiled_fsdp: Sequence[int], ove
         alias, temp = stats.alias_size_in_bytes, stats.temp_size_in_bytes
         results.update({f"{key}/argument_mb": argument / MB, f"{key}/batch_mb_per_device": batch_bytes / MB,
                         f"{key}/output_mb": output / MB, f"{key}/alias_mb": alias / MB,
-                        f"{key}/temp_mb": temp / MB, f"{key}/total_mb": (argument + output - alias + temp) / MB})
+                        f"{key}/temp_mb": temp / MB, f"{key}/total_mb": compiled_total_bytes(stats) / MB})
         if argument - batch_bytes != state_bytes:
             print(f"vlm bench: warning: {key}: compiled argument size {argument} - batch {batch_bytes} "
                   f"!= state {state_bytes} bytes", file=sys.stderr)

@@ -34,7 +34,7 @@ import math
 import statistics
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -166,17 +166,29 @@ def compile_encoder_step(encoder: str, preset: str, dtype: str) -> EncoderStep:
                        count_flops(traced.jaxpr), xla_flops(executable))
 
 
+def median_step_seconds(run_step: Callable[[int], Any], timed_steps: int) -> float:
+    """The median wall time of `run_step(i)` for i = 1..timed_steps, after the untimed warm-up `run_step(0)`;
+    `run_step` must block until its step is done."""
+    seconds = []
+    for i in range(timed_steps + 1):
+        start = time.perf_counter()
+        run_step(i)
+        if i:
+            seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
 def time_encoder_step(step: EncoderStep, timed_steps: int, peaks: dict[str, float]) -> dict[str, float]:
     """The step's median time over `timed_steps` runs after a warm-up (its state is donated), and its MFU."""
     import jax
 
-    state, step.state, seconds = step.state, None, []
-    for i in range(timed_steps + 1):  # the first is the warm-up
-        start = time.perf_counter()
-        *state, loss = jax.block_until_ready(step.executable(*state, step.video, jax.random.key(i)))
-        if i:
-            seconds.append(time.perf_counter() - start)
-    step_s = statistics.median(seconds)
+    state, step.state = step.state, None
+
+    def run_step(i):
+        nonlocal state
+        *state, _ = jax.block_until_ready(step.executable(*state, step.video, jax.random.key(i)))
+
+    step_s = median_step_seconds(run_step, timed_steps)
     batch_size = step.video.shape[0]
     return {f"{step.key}/step_s": step_s, f"{step.key}/clips_per_s": batch_size / step_s,
             **flops_metrics(step.key, step.analytic_flops, step.xla_flops, step_s, step.dtype, peaks)}

@@ -54,7 +54,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import math
-import statistics
 import sys
 import time
 from typing import Any, Sequence
@@ -62,6 +61,8 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from vlm_jax import bench, bench_mfu
 
 MB = 2**20
 COMPILE_THREADS = 2  # one per core: XLA's CPU compiles mostly keep one core busy each
@@ -153,26 +154,24 @@ def compile_step(variant: str, mask_ratio: float, frames: int, sizes: dict, batc
     tx = optax.adamw(LEARNING_RATE, weight_decay=WEIGHT_DECAY)
     opt_state = tx.init(params)
     executable = _train_step(model, tx).lower(params, opt_state, video, step_key, jnp.zeros((), jnp.int32)).compile()
-    stats = executable.memory_analysis()
-    peak = (stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
-            + stats.temp_size_in_bytes)
+    peak = bench.compiled_total_bytes(executable.memory_analysis())
     return Compiled(f"ViViT {variant} mask_ratio {mask_ratio} frames {frames}", executable, params, opt_state,
                     video, step_key, peak / MB)
 
 
 def time_step(compiled: Compiled, steps: int) -> float:
     """The median seconds of `steps` runs of a compiled step after one warm-up run (its state is donated)."""
-    params, opt_state, seconds = compiled.params, compiled.opt_state, []
+    state = {"params": compiled.params, "opt_state": compiled.opt_state, "loss": None}
     compiled.params = compiled.opt_state = None
-    for i in range(steps + 1):  # the first is the warm-up
-        start = time.perf_counter()
-        params, opt_state, loss = jax.block_until_ready(
-            compiled.executable(params, opt_state, compiled.video, compiled.step_key, jnp.asarray(i, jnp.int32)))
-        if i:
-            seconds.append(time.perf_counter() - start)
-    if not math.isfinite(float(loss)):
-        _progress(f"warning: {compiled.name}: the loss is {float(loss)}")
-    return statistics.median(seconds)
+
+    def run_step(i):
+        state["params"], state["opt_state"], state["loss"] = jax.block_until_ready(compiled.executable(
+            state["params"], state["opt_state"], compiled.video, compiled.step_key, jnp.asarray(i, jnp.int32)))
+
+    step_s = bench_mfu.median_step_seconds(run_step, steps)
+    if not math.isfinite(float(state["loss"])):
+        _progress(f"warning: {compiled.name}: the loss is {float(state['loss'])}")
+    return step_s
 
 
 def scaling(quick: bool, *, variants: Sequence[str] | None = None, maskings: Sequence[str] | None = None,
