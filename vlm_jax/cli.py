@@ -70,6 +70,9 @@ def _dataset_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=_non_negative_int, default=0, help="generation seed (moving_shapes), split seed (video_folder)")
     parser.add_argument("--num_frames", type=int, default=16, help="frames stored per clip")
     parser.add_argument("--image_size", type=int, default=64, help="stored resolution, 8 to 224")
+    parser.add_argument("--shape_scale", type=float, default=1.0,
+                        help="moving_shapes: draw every shape this many times larger (0.25 to 2; for low resolutions)")
+    parser.add_argument("--max_objects", type=int, default=3, help="moving_shapes: at most this many objects per clip")
     parser.add_argument("--source", help="video_folder: the folder of video files")
     parser.add_argument("--captions", help="video_folder: captions file (JSON or CSV); default SOURCE/captions.*")
 
@@ -83,7 +86,7 @@ def _request(args):
     from vlm_jax.data import builders
     return builders.BuildRequest(name=args.name, data_dir=args.data_dir, size=args.size, seed=args.seed,
                                  num_frames=args.num_frames, image_size=args.image_size, source=args.source,
-                                 captions=args.captions)
+                                 captions=args.captions, shape_scale=args.shape_scale, max_objects=args.max_objects)
 
 
 def _data_build(args) -> None:

@@ -69,21 +69,46 @@ def test_sequential_clips_move_one_object_per_half():
         assert "order" in clip.hard_negative_kinds
 
 
-def test_hard_negatives_differ_only_in_direction_or_order():
+def test_hard_negatives_differ_from_their_own_caption_only_in_direction_order_or_sound():
     motion_words = {w for phrases in ms.MOTION_PHRASES.values() for p in phrases for w in p.split()}
-    checked = 0
+    checked = {"direction": 0, "order": 0, "sound": 0}
     for clip in CLIPS:
-        for negative, kind in zip(clip.hard_negatives, clip.hard_negative_kinds):
+        for negative, kind, index in zip(clip.hard_negatives, clip.hard_negative_kinds, clip.hard_negative_captions):
             assert negative not in clip.captions
-            true, neg = re.findall(r"[\w-]+", clip.captions[0]), re.findall(r"[\w-]+", negative)
+            true, neg = re.findall(r"[\w-]+", clip.captions[index]), re.findall(r"[\w-]+", negative)
             if kind == "direction" and len(true) == len(neg):
                 changed = {w for a, b in zip(true, neg) if a != b for w in (a, b)}
-                assert changed and changed <= motion_words, (clip.captions[0], negative)
-                checked += 1
+                assert changed and changed <= motion_words, (clip.captions[index], negative)
             if kind == "order":
                 assert sorted(true) == sorted(neg)  # the same words, reordered
-                checked += 1
-    assert checked > 20
+            if kind == "sound":  # the same sentence ending in another sound's phrase
+                true_phrase = next(p for p in ms.SOUND_PHRASES[clip.scene.sound] if clip.captions[index].endswith(p))
+                other = [p for s in ms.SOUNDS if s != clip.scene.sound for p in ms.SOUND_PHRASES[s]
+                         if negative.endswith(p)]
+                assert index == 2 and other
+                assert negative.removesuffix(other[0]) == clip.captions[index].removesuffix(true_phrase)
+            checked[kind] += 1
+    assert min(checked.values()) > 10, checked
+
+
+def _wording(text: str) -> str:
+    """The caption with every word that names what the clip shows replaced: what is left is its style."""
+    named = sorted({p for phrases in (*ms.MOTION_PHRASES.values(), *ms.SOUND_PHRASES.values(),
+                                      *ms.SHAPE_WORDS.values(), *ms.SIZE_WORDS.values()) for p in phrases}
+                   | set(ms.COLOURS), key=len, reverse=True)
+    return re.sub("|".join(rf"\b{re.escape(p)}\b" for p in named), "_", text)
+
+
+def test_every_caption_style_has_hard_negatives_worded_like_it():
+    """A negative is worded like the caption it negates, so wording alone cannot tell negatives from
+    positives (a motion-sentence-only negative made every count, sound or size caption a sure positive)."""
+    for clip in CLIPS:
+        negated = set(clip.hard_negative_captions)
+        if any(o.motion != "still" for o in clip.scene.objects):
+            assert negated == set(range(ms.NUM_CAPTIONS)), clip.captions
+        for negative, index in zip(clip.hard_negatives, clip.hard_negative_captions):
+            if not negative.endswith(tuple(p for s in ms.SOUNDS for p in ms.SOUND_PHRASES[s])):
+                assert _wording(negative) == _wording(clip.captions[index]), (negative, clip.captions[index])
 
 
 def test_questions_are_answerable_from_the_scene():

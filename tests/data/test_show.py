@@ -55,7 +55,10 @@ def test_stats_count_every_split_and_match_the_generator(shown):
     assert train["num_objects"] == dict(sorted(collections.Counter(str(len(s.objects)) for s in scenes).items()))
     assert train["motions"] == dict(sorted(collections.Counter(o.motion for s in scenes for o in s.objects).items()))
     assert train["timing"].get("sequential", 0) == sum(s.sequential for s in scenes)
-    assert train["hard_negatives"]["direction"] == sum(bool(s.movers) for s in scenes)
+    # direction and order twins of each of the captions, and one sound twin per clip
+    assert train["hard_negatives"]["direction"] == ms.NUM_CAPTIONS * sum(bool(s.movers) for s in scenes)
+    assert train["hard_negatives"].get("order", 0) == ms.NUM_CAPTIONS * sum(s.sequential for s in scenes)
+    assert train["hard_negatives"]["sound"] == len(scenes)
     assert 0 < train["caption_words"]["mean"] <= train["caption_words"]["max"]
 
 

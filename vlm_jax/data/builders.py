@@ -59,6 +59,7 @@ def clip_features(num_frames: int, image_size: int, num_samples: int, extra: dic
         "captions": text_list(),
         "hard_negatives": text_list(),
         "hard_negative_kinds": text_list(),
+        "hard_negative_captions": tfds.features.Sequence(tfds.features.Scalar(dtype=np.int32)),  # which caption
         "questions": text_list(),
         "answers": text_list(),
         "question_types": text_list(),
@@ -68,17 +69,24 @@ def clip_features(num_frames: int, image_size: int, num_samples: int, extra: dic
 
 
 class MovingShapesConfig(tfds.core.BuilderConfig):
-    def __init__(self, *, size: str, num_frames: int, image_size: int, seed: int, fps: float = 8.0):
-        super().__init__(name=f"{size}_{image_size}px_{num_frames}f_seed{seed}",
-                         description=f"moving_shapes, {size} size, {num_frames} frames at {image_size}px, seed {seed}")
+    def __init__(self, *, size: str, num_frames: int, image_size: int, seed: int, fps: float = 8.0,
+                 shape_scale: float = 1.0, max_objects: int = ms.MAX_OBJECTS):
+        options = (f"_shapes{shape_scale:g}x" if shape_scale != 1.0 else "") + (
+            f"_max{max_objects}obj" if max_objects != ms.MAX_OBJECTS else "")
+        super().__init__(name=f"{size}_{image_size}px_{num_frames}f_seed{seed}{options}",
+                         description=f"moving_shapes, {size} size, {num_frames} frames at {image_size}px, seed {seed}, "
+                                     f"shapes x{shape_scale:g}, at most {max_objects} objects")
         self.size, self.seed = size, seed
-        self.render = ms.RenderSpec(num_frames=num_frames, image_size=image_size, fps=fps, sample_rate=SAMPLE_RATE)
+        self.render = ms.RenderSpec(num_frames=num_frames, image_size=image_size, fps=fps, sample_rate=SAMPLE_RATE,
+                                    shape_scale=shape_scale, max_objects=max_objects)
 
 
 class MovingShapes(tfds.core.GeneratorBasedBuilder):
     """Procedural clips with captions, hard negatives, typed QA, sound and per-frame boxes."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.1.0": "hard negatives in every caption style, sound negatives, no touching shapes",
+                     "1.0.0": "first release"}
 
     def _info(self) -> tfds.core.DatasetInfo:
         spec = self.builder_config.render
@@ -126,6 +134,8 @@ class BuildRequest:
     image_size: int = 64
     source: str | None = None
     captions: str | None = None
+    shape_scale: float = 1.0  # moving_shapes only
+    max_objects: int = ms.MAX_OBJECTS  # moving_shapes only
 
 
 def _builder(request: BuildRequest) -> tfds.core.DatasetBuilder:
@@ -140,8 +150,12 @@ def _builder(request: BuildRequest) -> tfds.core.DatasetBuilder:
         return video_folder.builder(request)
     if request.size not in SIZES:
         raise UserError(f"unknown size {request.size!r}; choose one of {', '.join(SIZES)}")
+    if not 0.25 <= request.shape_scale <= 2.0:
+        raise UserError(f"shape_scale must be between 0.25 and 2, got {request.shape_scale}")
+    if not 1 <= request.max_objects <= ms.MAX_OBJECTS:
+        raise UserError(f"max_objects must be between 1 and {ms.MAX_OBJECTS}, got {request.max_objects}")
     config = MovingShapesConfig(size=request.size, num_frames=request.num_frames, image_size=request.image_size,
-                                seed=request.seed)
+                                seed=request.seed, shape_scale=request.shape_scale, max_objects=request.max_objects)
     return MovingShapes(config=config, data_dir=request.data_dir, file_format="array_record")
 
 

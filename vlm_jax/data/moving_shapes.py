@@ -39,7 +39,6 @@ SOUNDS = ("silence", "high beep", "low beep", "clicks")
 COUNT_WORDS = ("zero", "one", "two", "three")
 QA_TYPES = ("colour", "shape", "count", "direction", "order", "sound", "yesno")
 ANSWERS = COLOUR_NAMES + SHAPES + COUNT_WORDS + MOTIONS + SOUNDS + ("yes", "no")
-HARD_NEGATIVE_KINDS = ("direction", "order")
 MAX_OBJECTS = 3
 NUM_CAPTIONS = 4
 NUM_CHOICES = 4
@@ -99,6 +98,12 @@ class ObjectSpec:
     motion: str
     window: tuple[int, int]  # frames [start, end) during which the motion happens
     start: tuple[float, float]  # centre (x, y) at the first frame, fraction of the frame side
+    scale: float = 1.0  # radius multiplier of both sizes (RenderSpec.shape_scale)
+
+    @property
+    def radius(self) -> float:
+        """The radius at the first frame, fraction of the frame side."""
+        return SIZE_RADIUS[self.size] * self.scale
 
     def name(self, k: int = 0, with_size: bool = False) -> str:
         words = [SIZE_WORDS[self.size][k]] if with_size else []
@@ -123,10 +128,15 @@ class Scene:
 
 @dataclasses.dataclass(frozen=True)
 class RenderSpec:
+    """How clips are drawn. `shape_scale` enlarges every shape (both sizes, so "small" and "large" stay
+    true) for low resolutions, where a small shape would cover a few pixels; `max_objects` caps the
+    objects per clip (1 gives the single-object clips of the sanity ladder)."""
     num_frames: int = 16
     image_size: int = 64
     fps: float = 8.0
     sample_rate: int = 16000
+    shape_scale: float = 1.0
+    max_objects: int = MAX_OBJECTS
 
     @property
     def num_samples(self) -> int:
@@ -143,6 +153,7 @@ class Clip:
     captions: list[str]
     hard_negatives: list[str]
     hard_negative_kinds: list[str]
+    hard_negative_captions: list[int]  # the index of the true caption each hard negative negates
     questions: list[str]
     answers: list[str]
     question_types: list[str]
@@ -165,13 +176,12 @@ def trajectory(obj: ObjectSpec, num_frames: int) -> tuple[np.ndarray, np.ndarray
     dx = {"left": -TRAVEL, "right": TRAVEL}.get(obj.motion, 0.0)
     dy = {"up": -TRAVEL, "down": TRAVEL}.get(obj.motion, 0.0)
     scale = 1.0 + (SCALE_END.get(obj.motion, 1.0) - 1.0) * p
-    return obj.start[0] + dx * p, obj.start[1] + dy * p, SIZE_RADIUS[obj.size] * scale
+    return obj.start[0] + dx * p, obj.start[1] + dy * p, obj.radius * scale
 
 
 def _place(rng: np.random.Generator, obj: ObjectSpec, num_frames: int) -> ObjectSpec:
     """Pick a start so that the whole trajectory stays inside the frame."""
-    max_radius = SIZE_RADIUS[obj.size] * SCALE_END.get(obj.motion, 1.0)
-    margin = max(max_radius, SIZE_RADIUS[obj.size]) + 0.02
+    margin = obj.radius * max(SCALE_END.get(obj.motion, 1.0), 1.0) + 0.02
     lo = {"x": margin, "y": margin}
     hi = {"x": 1.0 - margin, "y": 1.0 - margin}
     if obj.motion == "left":
@@ -191,10 +201,18 @@ def _overlap(a: ObjectSpec, b: ObjectSpec, num_frames: int) -> bool:
     return bool(np.any(np.hypot(ax - bx, ay - by) < 0.9 * (ar + br)))
 
 
-def sample_scene(rng: np.random.Generator, num_frames: int, duration_s: float, novel: bool) -> Scene:
-    """Draw a scene; `novel` scenes hold a held-out attribute-motion pair, others never do."""
+OBJECT_COUNT_WEIGHTS = (0.25, 0.4, 0.35)  # P(1, 2, 3 objects)
+
+
+def sample_scene(rng: np.random.Generator, num_frames: int, duration_s: float, novel: bool,
+                 max_objects: int = MAX_OBJECTS, shape_scale: float = 1.0) -> Scene:
+    """Draw a scene; `novel` scenes hold a held-out attribute-motion pair, others never do. A draw whose
+    objects cannot be placed without touching is drawn again, so no shape hides another."""
+    if not 1 <= max_objects <= MAX_OBJECTS:
+        raise ValueError(f"max_objects must be 1 to {MAX_OBJECTS}, got {max_objects}")
+    weights = np.asarray(OBJECT_COUNT_WEIGHTS[:max_objects])
     while True:
-        n = int(rng.choice([1, 2, 3], p=[0.25, 0.4, 0.35]))
+        n = int(rng.choice(np.arange(1, max_objects + 1), p=weights / weights.sum()))
         shapes = rng.choice(SHAPES, n, replace=False)
         colours = rng.choice(COLOUR_NAMES, n, replace=False)
         sizes = rng.choice(SIZES, n)
@@ -205,26 +223,30 @@ def sample_scene(rng: np.random.Generator, num_frames: int, duration_s: float, n
         else:
             motions = [str(m) for m in rng.choice(MOTIONS, n)]
             windows = [(0, num_frames)] * n
-        objects = [ObjectSpec(str(s), str(c), str(z), m, w, (0.5, 0.5))
+        objects = [ObjectSpec(str(s), str(c), str(z), m, w, (0.5, 0.5), shape_scale)
                    for s, c, z, m, w in zip(shapes, colours, sizes, motions, windows)]
         scene = Scene(tuple(objects), sequential, "silence", (0.0, 0.0))
         if scene.is_novel() != novel:
             continue
         placed = _place_without_overlap(rng, objects, num_frames)
+        if placed is None:
+            continue
         sound = str(rng.choice(SOUNDS))
         length = float(rng.uniform(0.35, 0.7)) * duration_s
         start = float(rng.uniform(0.0, duration_s - length))
         return Scene(tuple(placed), sequential, sound, (start, start + length))
 
 
-def _place_without_overlap(rng, objects, num_frames, tries: int = 30) -> list[ObjectSpec]:
+def _place_without_overlap(rng, objects, num_frames, tries: int = 30) -> list[ObjectSpec] | None:
+    """Each object placed so that no two trajectories touch, or None when `tries` draws per object fail."""
     placed: list[ObjectSpec] = []
     for obj in objects:
-        candidate = _place(rng, obj, num_frames)
         for _ in range(tries):
+            candidate = _place(rng, obj, num_frames)
             if not any(_overlap(candidate, other, num_frames) for other in placed):
                 break
-            candidate = _place(rng, obj, num_frames)
+        else:
+            return None
         placed.append(candidate)
     return placed
 
@@ -341,21 +363,27 @@ def captions_for(scene: Scene, styles: tuple[int, int, int, int]) -> list[str]:
     ]
 
 
-def hard_negatives_for(scene: Scene, rng: np.random.Generator, style: int) -> tuple[list[str], list[str]]:
-    """Captions that differ from the true motion caption only in one direction, or only in order."""
-    sentences, kinds = [], []
+def hard_negatives_for(scene: Scene, rng: np.random.Generator,
+                       styles: tuple[int, int, int, int]) -> list[tuple[str, str, int]]:
+    """(caption, kind, index of the true caption it negates): each true caption's twins that differ from it
+    in one thing only, worded in the same style, so that wording alone never tells a negative from a
+    positive. Kinds: "direction" (one moving object does the opposite), "order" (the sequential pair
+    swapped) and "sound" (another sound, for the caption that names it)."""
+    variants = []
     movers = [i for i, o in enumerate(scene.objects) if o.motion != "still"]
     if movers:
         i = int(rng.choice(movers))
         flipped = dataclasses.replace(scene.objects[i], motion=OPPOSITE_MOTION[scene.objects[i].motion])
-        objects = scene.objects[:i] + (flipped,) + scene.objects[i + 1:]
-        sentences.append(_motion_sentence(dataclasses.replace(scene, objects=objects), style))
-        kinds.append("direction")
+        variants.append(("direction", dataclasses.replace(scene, objects=scene.objects[:i] + (flipped,) +
+                                                          scene.objects[i + 1:])))
     if scene.sequential:
         swapped = (scene.objects[1], scene.objects[0]) + scene.objects[2:]
-        sentences.append(_motion_sentence(dataclasses.replace(scene, objects=swapped), style))
-        kinds.append("order")
-    return sentences, kinds
+        variants.append(("order", dataclasses.replace(scene, objects=swapped)))
+    other_sound = str(rng.choice([s for s in SOUNDS if s != scene.sound]))
+    variants.append(("sound", dataclasses.replace(scene, sound=other_sound)))
+    true = captions_for(scene, styles)
+    return [(negative, kind, index) for kind, variant in variants
+            for index, negative in enumerate(captions_for(variant, styles)) if negative != true[index]]
 
 
 def _choices(rng: np.random.Generator, answer: str, pool: tuple[str, ...]) -> list[str]:
@@ -433,16 +461,18 @@ def make_clip(seed: int, split: str, index: int, spec: RenderSpec) -> Clip:
     """The clip `index` of `split`: a pure function of its arguments, so builds are deterministic."""
     split_id = ("train", "validation", "test", "test_novel").index(split)
     rng = np.random.default_rng([seed, split_id, index])
-    scene = sample_scene(rng, spec.num_frames, spec.num_frames / spec.fps, novel=split == "test_novel")
+    scene = sample_scene(rng, spec.num_frames, spec.num_frames / spec.fps, novel=split == "test_novel",
+                         max_objects=spec.max_objects, shape_scale=spec.shape_scale)
     video, boxes = render_video(scene, rng, spec)
     audio = render_audio(scene, rng, spec)
     styles = tuple(int(s) for s in rng.permutation(len(SEQUENCE_TEMPLATES)))
     captions = captions_for(scene, styles)
-    negatives, kinds = hard_negatives_for(scene, rng, styles[0])
+    negatives = hard_negatives_for(scene, rng, styles)
     qa = questions_for(scene, rng)
     return Clip(
         scene=scene, video=video, audio=audio, boxes=boxes, captions=captions,
-        hard_negatives=negatives, hard_negative_kinds=kinds,
+        hard_negatives=[n for n, _, _ in negatives], hard_negative_kinds=[k for _, k, _ in negatives],
+        hard_negative_captions=[c for _, _, c in negatives],
         questions=[q for q, _, _, _ in qa], answers=[a for _, a, _, _ in qa],
         question_types=[t for _, _, t, _ in qa], choices=[c for _, _, _, c in qa])
 
@@ -459,6 +489,7 @@ def make_example(seed: int, split: str, index: int, spec: RenderSpec) -> dict:
         "captions": clip.captions,
         "hard_negatives": clip.hard_negatives,
         "hard_negative_kinds": clip.hard_negative_kinds,
+        "hard_negative_captions": np.asarray(clip.hard_negative_captions, np.int32),
         "questions": clip.questions,
         "answers": clip.answers,
         "question_types": clip.question_types,

@@ -17,7 +17,6 @@ tokenizer's text clean-up removes). Each example carries `data/<issue>`, its cou
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import re
 from typing import Any
@@ -55,6 +54,7 @@ class Spec:
     min_crop_scale: float = 1.0  # 1.0 turns random cropping off
     flip: bool = False
     max_captions: int = 4
+    max_negatives: int = 9  # moving_shapes: direction and order twins of each caption, and one of another sound
     max_questions: int = 8
     num_choices: int = 4
     num_workers: int = 0
@@ -85,7 +85,7 @@ def build_request(config) -> builders.BuildRequest:
     return builders.BuildRequest(
         name=data.name, data_dir=data.data_dir, size=data.size, seed=data.build_seed,
         num_frames=data.build_frames, image_size=data.build_image_size, source=data.source,
-        captions=data.captions_file)
+        captions=data.captions_file, shape_scale=data.shape_scale, max_objects=data.max_objects)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,14 +105,6 @@ def num_answers(config) -> int:
     if config.data.name == "moving_shapes":
         return len(moving_shapes.ANSWERS)
     return len(Vocabulary.of(builders.open_dataset(builders.dataset_dir(build_request(config)))).answers)
-
-
-def shard(ds: grain.MapDataset, shard_index: int, shard_count: int) -> grain.MapDataset:
-    """This process's part: disjoint across processes and equal in size (the remainder is dropped)."""
-    usable = len(ds) - len(ds) % shard_count
-    if usable == 0:
-        raise UserError(f"the data set has {len(ds)} clips, fewer than the {shard_count} processes")
-    return ds[:usable][shard_index::shard_count]
 
 
 # ----------------------------------------------------------------------------- per-example transforms
@@ -193,10 +185,7 @@ class Transform:
         strings = {k: _decode_counting(example[k], issues) for k in
                    ("captions", "hard_negatives", "hard_negative_kinds", "questions", "answers", "question_types",
                     "choices")}
-        for key in ("captions", "hard_negatives"):
-            kept = [t for t in strings[key] if t.strip()]
-            issues[DATA_ISSUES.index("empty_captions")] += len(strings[key]) - len(kept)
-            strings[key] = kept
+        negated = _drop_empty_captions(strings, [int(c) for c in example.get("hard_negative_captions", ())], issues)
         if rng is not None and spec.min_crop_scale < 1.0:
             video, boxes = _random_crop(video, boxes, rng, spec.min_crop_scale)
         video = _resize(video, spec.image_size)
@@ -213,24 +202,35 @@ class Transform:
         }
         if boxes is not None:
             out["boxes"] = boxes.astype(np.float32)
-        out.update(self._captions(strings, rng, issues))
+        out.update(self._captions(strings, negated, rng, issues))
         out.update(self._questions(strings, rng, issues))
         return out
 
-    def _captions(self, text: dict, rng, issues: np.ndarray) -> dict:
-        """Training: one random caption and one hard negative. Evaluation: every caption, padded."""
+    def _captions(self, text: dict, negated: list[int], rng, issues: np.ndarray) -> dict:
+        """Training: one random caption and one of its own hard negatives (`negated[i]` is the caption that
+        negative i negates; data sets without that pairing let any negative stand for any caption).
+        Evaluation: every caption and every hard negative, padded, with the caption each one negates."""
         captions, negatives = text["captions"], text["hard_negatives"]
         if rng is None:
-            kept = captions[:self.spec.max_captions]
-            ids, mask = _encode_padded(kept, self.spec.max_captions, self.spec.max_text_len, issues)
+            spec = self.spec
+            kept = captions[:spec.max_captions]
+            ids, mask = _encode_padded(kept, spec.max_captions, spec.max_text_len, issues)
+            pairs = [(n, c) for n, c in zip(negatives, negated) if c < len(kept)][:spec.max_negatives]
+            neg_ids, neg_mask = _encode_padded([n for n, _ in pairs], spec.max_negatives, spec.max_text_len, issues)
+            of_caption = np.full(spec.max_negatives, -1, np.int32)
+            of_caption[:len(pairs)] = [c for _, c in pairs]
             return {"captions": ids, "caption_masks": mask,
-                    "caption_valid": np.arange(self.spec.max_captions) < len(kept)}
-        caption = captions[rng.integers(len(captions))] if captions else ""
-        negative = negatives[rng.integers(len(negatives))] if negatives else ""
+                    "caption_valid": np.arange(spec.max_captions) < len(kept),
+                    "negatives": neg_ids, "negative_masks": neg_mask, "negative_captions": of_caption,
+                    "negative_valid": np.arange(spec.max_negatives) < len(pairs)}
+        index = int(rng.integers(len(captions))) if captions else -1
+        caption = captions[index] if captions else ""
+        own = [n for n, c in zip(negatives, negated) if c in (index, -1)]
+        negative = own[rng.integers(len(own))] if own else ""
         ids, mask, truncated = tokenizer.encode_counting([caption, negative], self.spec.max_text_len)
         issues[DATA_ISSUES.index("truncated_texts")] += truncated
         return {"caption": ids[0], "caption_mask": mask[0], "caption_valid": np.asarray(bool(captions)),
-                "negative": ids[1], "negative_mask": mask[1], "has_negative": np.asarray(bool(negatives))}
+                "negative": ids[1], "negative_mask": mask[1], "has_negative": np.asarray(bool(own))}
 
     def _questions(self, text: dict, rng, issues: np.ndarray) -> dict:
         """Training: one random question per clip. Evaluation: all of them, padded, with question_valid."""
@@ -260,6 +260,24 @@ class Transform:
                     "choices": choices, "choice_answers": correct, "question_valid": np.arange(width) < len(rows)}
         return {"question": ids[0], "question_mask": mask[0], "answer": answers[0], "question_type": types[0],
                 "choices": choices[0], "choice_answer": correct[0], "question_valid": np.asarray(bool(rows))}
+
+
+def _drop_empty_captions(strings: dict, negated: list[int], issues: np.ndarray) -> list[int]:
+    """Drop empty captions and hard negatives (counted) in place; returns, per kept hard negative, the new
+    index of the caption it negates (-1: unpaired, for data sets that do not pair them). A negative of a
+    dropped caption is dropped with it."""
+    if len(negated) != len(strings["hard_negatives"]):
+        negated = [-1] * len(strings["hard_negatives"])
+    new_index, captions = {-1: -1}, []
+    for old, caption in enumerate(strings["captions"]):
+        if caption.strip():
+            new_index[old] = len(captions)
+            captions.append(caption)
+    pairs = [(n, new_index[c]) for n, c in zip(strings["hard_negatives"], negated) if n.strip() and c in new_index]
+    empty = len(strings["captions"]) - len(captions) + sum(not n.strip() for n in strings["hard_negatives"])
+    issues[DATA_ISSUES.index("empty_captions")] += empty
+    strings["captions"], strings["hard_negatives"] = captions, [n for n, _ in pairs]
+    return [c for _, c in pairs]
 
 
 def _encode_padded(texts: list[str], rows: int, max_len: int, issues: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -322,15 +340,22 @@ def train_dataset(spec: Spec, split: str = "train", num_epochs: int | None = Non
 
 
 def eval_dataset(spec: Spec, split: str) -> grain.IterDataset:
-    """One pass over this process's shard in order, every caption and question, padded to full batches."""
+    """One pass over the split in order, every caption and question, in whole global batches.
+
+    Global batch g holds clips g*G ... (g+1)*G - 1 (G = batch_size * shard_count) in order, the last one
+    padded with blank clips (`valid` False), and process i holds its rows i*b ... (i+1)*b - 1 of each, as
+    `train_dataset` lays them out. Every evaluation therefore sees the same clips in the same rows whatever
+    the process count, so what is drawn per row (MLM masks, mined negatives) and what follows the clip
+    order (simulated users) give the same numbers on one host or many."""
     dataset, source = open_split(spec, split)
     clip_transform = transform(spec, dataset)
     _check_usable(source, clip_transform, split)
-    ds = (shard(_indexed(source), spec.shard_index, spec.shard_count)
-          .map(_Eval(clip_transform))
-          .batch(spec.batch_size, drop_remainder=False)
-          .map(functools.partial(pad_batch, size=spec.batch_size)))
-    return _finish(ds, spec)
+    global_batch = spec.batch_size * spec.shard_count
+    padded = -(-len(source) // global_batch) * global_batch
+    chunks = (grain.MapDataset.range(padded)
+              .map(_Eval(clip_transform, TolerantSource(source)))
+              .batch(spec.batch_size, drop_remainder=False))
+    return _finish(chunks[spec.shard_index::spec.shard_count], spec)
 
 
 def _check_usable(source, clip_transform: Transform, split: str, probe: int = 16) -> None:
@@ -371,8 +396,8 @@ def transform(spec: Spec, dataset) -> Transform:
     features = dataset.info.features
     blank = {key: np.zeros(features[key].shape, features[key].np_dtype) for key in ("video", "audio", "boxes")
              if key in features}
-    blank.update({key: [] for key in ("captions", "hard_negatives", "hard_negative_kinds", "questions", "answers",
-                                      "question_types", "choices")})
+    blank.update({key: [] for key in ("captions", "hard_negatives", "hard_negative_kinds", "hard_negative_captions",
+                                      "questions", "answers", "question_types", "choices")})
     blank["has_audio"] = np.asarray(False)
     return Transform(spec, Vocabulary.of(dataset), blank)
 
@@ -414,23 +439,18 @@ class _Train:
 
 
 class _Eval:
-    """The deterministic transform, plus `valid` (False on the padding of a short last batch)."""
+    """Position i of the split through the deterministic transform, plus `index` and `valid`; a position past
+    the end is a blank clip with `valid` False (the padding of the last global batch)."""
 
-    def __init__(self, transform: Transform):
-        self.transform = transform
+    def __init__(self, transform: Transform, source: TolerantSource):
+        self.transform, self.source = transform, source
 
-    def __call__(self, item: tuple[int, dict]) -> dict:
-        index, example = item
-        out = self.transform(example, None)
+    def __call__(self, index: int) -> dict:
+        if index >= len(self.source):
+            out = self.transform(self.transform.blank, None)
+            return {**out, "index": np.asarray(-1), "valid": np.asarray(False)}
+        out = self.transform(self.source[index], None)
         return {**out, "index": np.asarray(index), "valid": ~skipped(out)}
-
-
-def pad_batch(batch: dict, size: int) -> dict:
-    """Pad a short final batch with zeros; `valid` is False on the padding."""
-    count = len(batch["valid"])
-    if count == size:
-        return batch
-    return {k: np.concatenate([v, np.zeros((size - count,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
 
 
 def _finish(ds: grain.MapDataset, spec: Spec) -> grain.IterDataset:

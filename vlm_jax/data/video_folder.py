@@ -307,6 +307,7 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
                     "captions": notes.captions,
                     "hard_negatives": [],
                     "hard_negative_kinds": [],
+                    "hard_negative_captions": np.zeros(0, np.int32),
                     "questions": notes.questions,
                     "answers": notes.answers,
                     "question_types": notes.question_types,

@@ -160,9 +160,9 @@ def _check_finite(run: Run, history: list[dict[str, Any]], step: int, last_saved
 
 class LossEvaluator:
     """The task's losses and metrics on a split (at most `eval.max_batches` batches; all when <= 0),
-    averaged over clips: keys `<task>/<name>` (`pretrain/mlm_loss`, `qa/qa_accuracy`, ...). They are
-    computed as in training, on each clip's first caption and first question; the task evaluators
-    (`retrieval/t2v_R@1`, `qa/acc`, ...) use every caption and question."""
+    averaged over every caption (or, for qa, every question) of its clips: keys `<task>/<name>`
+    (`pretrain/mlm_loss`, `qa/qa_accuracy`, ...), computed as in training on each caption style and
+    question type in turn (`steps.eval_slots`), so the best checkpoint is chosen on all of them."""
 
     def __init__(self, run: Run):
         self.run = run
@@ -176,12 +176,13 @@ class LossEvaluator:
         for index, batch in enumerate(pipeline.eval_dataset(spec, split)):
             if 0 < limit <= index:
                 break
-            with run.mesh_context():
-                metrics = jax.device_get(run.eval_step(state, run.to_device(steps.as_train_batch(batch))))
-            w = float(metrics.pop("weight"))
-            weight += w
-            for k, v in metrics.items():
-                totals[k] = totals.get(k, 0.0) + w * float(v)
+            for slot in steps.eval_slots(batch, run.settings.task):
+                with run.mesh_context():
+                    metrics = jax.device_get(run.eval_step(state, run.to_device(slot)))
+                w = float(metrics.pop("weight"))
+                weight += w
+                for k, v in metrics.items():
+                    totals[k] = totals.get(k, 0.0) + w * float(v)
         task = run.settings.task
         return {f"{task}/{k.replace('/', '_')}": v / max(weight, 1.0) for k, v in totals.items()}
 

@@ -13,16 +13,18 @@ A task is a loss function `(vlm, batch, rng, settings, train) -> (loss, metrics)
 Every component's loss is logged as `<name>_loss` with its metrics as `<name>/<metric>` (accuracies in
 percent); `loss` is the weighted total. `make_train_step` / `make_eval_step` close over the model, optimizer and settings; the
 loop jits them with shardings. Batches arrive in the training layout (one caption and one question per
-clip, `pipeline.train_dataset`); `as_train_batch` turns an evaluation batch into it for validation losses.
+clip, `pipeline.train_dataset`); `eval_slots` turns an evaluation batch into such batches, one per caption
+or question slot, for validation losses over every caption style and question type.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from vlm_jax.errors import UserError
@@ -252,26 +254,45 @@ def make_train_step(model: VLM, tx: optax.GradientTransformation,
 def make_eval_step(model: VLM, settings: Settings) -> Callable[[TrainState, Batch], Metrics]:
     """The task's losses and metrics without dropout or statistic updates, with a fixed key (masking for
     MLM/MVM is the same at every evaluation, so validation losses are comparable across steps). Returns
-    per-batch means plus `weight`, the number of valid clips, for a weighted average over batches."""
+    per-batch means plus `weight`, the number of valid questions (qa) or captions (the other tasks), for a
+    weighted average over batches."""
+    counted = "question_valid" if settings.task == "qa" else "caption_valid"
 
     def eval_step(state: TrainState, batch: Batch) -> Metrics:
         _, (metrics, _) = _apply_loss(model, settings, state.params, state.batch_stats, batch,
                                       jax.random.key(0), False)
-        return {**metrics, "weight": jnp.sum(batch["caption_valid"].astype(jnp.float32))}
+        return {**metrics, "weight": jnp.sum(batch[counted].astype(jnp.float32))}
 
     return eval_step
 
 
-def as_train_batch(batch: Batch) -> Batch:
-    """An evaluation batch (every caption and question, `valid` per clip) in the training layout: the
-    first caption and the first question of each clip, no data hard negative."""
+def eval_slots(batch: dict[str, np.ndarray], task: str) -> Iterator[dict[str, np.ndarray]]:
+    """An evaluation batch (every caption, hard negative and question of each clip, padded) as batches in the
+    training layout, one per caption slot (pretrain, retrieval, caption) or question slot (qa), so that
+    validation losses average over every caption style and every question type. Caption slot k pairs caption k with one of its own hard negatives (the clips take turns
+    over their kinds: direction, order, sound)."""
     valid = batch["valid"].astype(bool)
     out = {k: batch[k] for k in ("video", "audio", "has_audio") if k in batch}
-    out.update(caption=batch["captions"][:, 0], caption_mask=batch["caption_masks"][:, 0],
-               caption_valid=valid & batch["caption_valid"][:, 0].astype(bool),
-               negative=jnp.zeros_like(batch["captions"][:, 0]), negative_mask=jnp.zeros_like(batch["captions"][:, 0]),
-               has_negative=jnp.zeros_like(valid),
-               question=batch["questions"][:, 0], question_mask=batch["question_masks"][:, 0],
-               answer=batch["answers"][:, 0], choices=batch["choices"][:, 0], choice_answer=batch["choice_answers"][:, 0],
-               question_valid=valid & batch["question_valid"][:, 0].astype(bool))
-    return out
+    clips, max_text_len = batch["captions"].shape[0], batch["captions"].shape[-1]
+    no_text = np.zeros((clips, max_text_len), np.int32)
+    if task == "qa":
+        for k in range(batch["questions"].shape[1]):
+            yield {**out, "caption": no_text, "caption_mask": no_text, "caption_valid": np.zeros(clips, bool),
+                   "question": batch["questions"][:, k], "question_mask": batch["question_masks"][:, k],
+                   "answer": batch["answers"][:, k], "choices": batch["choices"][:, k],
+                   "choice_answer": batch["choice_answers"][:, k],
+                   "question_valid": valid & batch["question_valid"][:, k].astype(bool)}
+        return
+    rows = np.arange(clips)
+    for k in range(batch["captions"].shape[1]):
+        own = (batch["negative_captions"] == k) & batch["negative_valid"].astype(bool)  # [B, N]
+        count = own.sum(axis=1)
+        turn = np.where(count > 0, np.maximum(batch["index"], 0) % np.maximum(count, 1), 0)
+        pick = np.argmax(np.cumsum(own, axis=1) > turn[:, None], axis=1)  # the turn-th own negative
+        yield {**out, "caption": batch["captions"][:, k], "caption_mask": batch["caption_masks"][:, k],
+               "caption_valid": valid & batch["caption_valid"][:, k].astype(bool),
+               "negative": batch["negatives"][rows, pick], "negative_mask": batch["negative_masks"][rows, pick],
+               "has_negative": valid & (count > 0),
+               "question": no_text, "question_mask": no_text, "answer": np.full(clips, -1, np.int32),
+               "choices": np.full((clips, batch["choices"].shape[-1]), -1, np.int32),
+               "choice_answer": np.full(clips, -1, np.int32), "question_valid": np.zeros(clips, bool)}
