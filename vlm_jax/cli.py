@@ -77,6 +77,16 @@ def _dataset_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--captions", help="video_folder: captions file (JSON or CSV); default SOURCE/captions.*")
 
 
+def _distributed_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--coordinator", default=os.environ.get("JAX_COORDINATOR_ADDRESS"),
+                        help="multi-host: HOST:PORT of process 0 (jax.distributed)")
+    parser.add_argument("--num_processes", type=_positive_int, default=_env_int("JAX_NUM_PROCESSES"))
+    parser.add_argument("--process_id", type=_non_negative_int, default=_env_int("JAX_PROCESS_ID"))
+    parser.add_argument("--init_timeout", type=_positive_int, default=300, help="seconds to wait for the other processes")
+    parser.add_argument("--heartbeat_timeout", type=_positive_int, default=100,
+                        help="seconds without a heartbeat before a process counts as dead and every other one stops")
+
+
 def _config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="FILE[:preset], e.g. configs/pretrain.py:tiny")
     parser.set_defaults(overrides=[])
@@ -182,12 +192,15 @@ def _inference_setup() -> None:
 
 
 def _eval(args) -> None:
+    _init_distributed(args)
     _inference_setup()
     from vlm_jax.eval import evaluators, runner
     tasks = [t for t in args.tasks.split(",") if t] if args.tasks else None
     results = runner.evaluate(args.workdir, args.split or None, tasks, args.step, args.overrides)
-    print(evaluators.metrics_table(results))
-    print(f"merged into {args.workdir}/results.json")
+    import jax
+    if jax.process_index() == 0:
+        print(evaluators.metrics_table(results))
+        print(f"merged into {args.workdir}/results.json")
 
 
 def _search_index(args) -> None:
@@ -417,22 +430,17 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="pretrain or finetune (resumes from WORKDIR's latest checkpoint)")
     _config_args(train)
     train.add_argument("--workdir", required=True, help="run directory: config.json, metrics, checkpoints, results")
-    train.add_argument("--coordinator", default=os.environ.get("JAX_COORDINATOR_ADDRESS"),
-                       help="multi-host: HOST:PORT of process 0 (jax.distributed)")
-    train.add_argument("--num_processes", type=_positive_int, default=_env_int("JAX_NUM_PROCESSES"))
-    train.add_argument("--process_id", type=_non_negative_int, default=_env_int("JAX_PROCESS_ID"))
-    train.add_argument("--init_timeout", type=_positive_int, default=300, help="seconds to wait for the other processes")
-    train.add_argument("--heartbeat_timeout", type=_positive_int, default=100,
-                       help="seconds without a heartbeat before a process counts as dead and every other one stops")
+    _distributed_args(train)
     train.set_defaults(func=_train)
 
     evaluate = commands.add_parser("eval", help="evaluate a run's checkpoint; merges into its results.json")
     evaluate.add_argument("--workdir", required=True)
     evaluate.add_argument("--split", action="append", help="test, test_novel, validation (repeatable; default "
                                                            "the run's eval.splits)")
-    evaluate.add_argument("--tasks", help="comma-separated: retrieval, qa, caption, recommend (default: the run's "
-                                          "task's)")
+    evaluate.add_argument("--tasks", help="comma-separated: retrieval, qa, caption, recommend, explain (default: "
+                                          "the run's task's, with its losses, as at the end of training)")
     evaluate.add_argument("--step", type=_non_negative_int, help="checkpoint step (default the latest)")
+    _distributed_args(evaluate)
     evaluate.set_defaults(func=_eval, overrides=[])
 
     search = commands.add_parser("search", help="text-to-video search over an index of embedded videos")

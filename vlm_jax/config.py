@@ -136,7 +136,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(data.name != "video_folder" or data.source, "data.source", "must name a video folder for video_folder",
            data.source)
     _check(data.size in builders.SIZES, "data.size", f"must be one of {', '.join(builders.SIZES)}", data.size)
-    for key in ("num_frames", "image_size", "build_frames", "build_image_size", "max_text_len"):
+    for key in ("num_frames", "image_size", "build_frames", "build_image_size", "max_text_len", "max_question_len",
+                "questions_per_clip", "max_objects"):
         _check(isinstance(data[key], int) and data[key] > 0, f"data.{key}", "must be a positive integer", data[key])
     _check(data.num_frames <= data.build_frames, "data.num_frames", "must not exceed data.build_frames",
            data.num_frames)

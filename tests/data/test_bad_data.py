@@ -101,7 +101,7 @@ def test_empty_long_and_non_utf8_captions_are_dropped_truncated_or_replaced_and_
 
     out = transform(damage(original, "only_empty_captions"), np.random.default_rng(0))
     assert issue_counts(out) == {"empty_captions": 1} and not out["caption_valid"]
-    assert out["question_valid"] and out["video"].any()  # the clip still trains QA
+    assert out["question_valid"].any() and out["video"].any()  # the clip still trains QA
 
     out = transform(damage(original, "long_caption"), np.random.default_rng(0))
     assert issue_counts(out)["truncated_texts"] >= 1

@@ -22,15 +22,26 @@ def test_train_batch_shapes_and_dtypes(spec):
     expected = {
         "video": ((8, 8, 48, 48, 3), np.uint8), "audio": ((8, 32000), np.float32), "boxes": ((8, 8, 3, 4), np.float32),
         "caption": ((8, 40), np.int32), "caption_mask": ((8, 40), np.int32), "negative": ((8, 40), np.int32),
-        "question": ((8, 40), np.int32), "answer": ((8,), np.int32), "question_type": ((8,), np.int32),
-        "choices": ((8, 4), np.int32), "choice_answer": ((8,), np.int32), "index": ((8,), np.int64),
+        "questions": ((8, 8, 16), np.int32), "answers": ((8, 8), np.int32), "question_types": ((8, 8), np.int32),
+        "choices": ((8, 8, 4), np.int32), "choice_answers": ((8, 8), np.int32), "index": ((8,), np.int64),
     }
     for key, (shape, dtype) in expected.items():
         assert batch[key].shape == shape and batch[key].dtype == dtype, key
-    assert batch["caption_valid"].all() and batch["question_valid"].all()
-    assert (batch["answer"] >= 0).all() and (batch["choice_answer"] >= 0).all()
-    rows = np.arange(8)
-    assert (batch["choices"][rows, batch["choice_answer"]] == batch["answer"]).all()
+    assert batch["caption_valid"].all()
+    valid = batch["question_valid"]
+    assert (valid.sum(axis=1) >= 6).all() and not valid[:, 7].any()  # every question of each clip: 6 or 7
+    assert (batch["answers"][valid] >= 0).all() and (batch["choice_answers"][valid] >= 0).all()
+    picked = np.take_along_axis(batch["choices"], np.maximum(batch["choice_answers"], 0)[..., None], axis=2)[..., 0]
+    assert (picked[valid] == batch["answers"][valid]).all()
+    # each clip's questions come in a random order, every type once
+    assert len({tuple(t) for t in batch["question_types"]}) > 1
+    assert all(len(set(t[v].tolist())) == v.sum() for t, v in zip(batch["question_types"], valid))
+
+
+def test_questions_per_clip_draws_that_many_at_random(spec):
+    batch = next(iter(pipeline.train_dataset(dataclasses.replace(spec, questions_per_clip=2))))
+    assert batch["questions"].shape == (8, 2, 16) and batch["question_valid"].all()
+    assert len(set(batch["question_types"].ravel().tolist())) > 2
     assert np.abs(batch["audio"]).max() <= 1.0 and batch["audio"].std() > 0
 
 
@@ -147,9 +158,10 @@ def test_flip_swaps_left_and_right_in_the_text(tiny_dataset):
         direction_twin = false_side in negative and true_side not in negative
         sound_twin = true_side in negative and false_side not in negative and negative != caption
         assert direction_twin or sound_twin, negative
-        if ms.QA_TYPES[out["question_type"]] == "direction":
-            assert ms.ANSWERS[out["answer"]] == true_side
-            direction_answers += 1
+        for kind, answer in zip(out["question_types"], out["answers"]):
+            if kind >= 0 and ms.QA_TYPES[kind] == "direction":
+                assert ms.ANSWERS[answer] == true_side
+                direction_answers += 1
         if flipped:
             flipped_seen += 1
         else:

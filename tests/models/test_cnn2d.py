@@ -30,8 +30,10 @@ def model_and_variables(request):
 
 
 def test_forward_shapes(model_and_variables):
-    _, _, out = model_and_variables
-    assert out.tokens.shape == (2, 8, 64) and out.pooled.shape == (2, 64) and out.mask is None
+    model, _, out = model_and_variables
+    grid = model.token_grid(VIDEO.shape)
+    assert (grid.time, grid.height, grid.width) == (8, 2, 2)
+    assert out.tokens.shape == (2, grid.size, 64) and out.pooled.shape == (2, 64) and out.mask is None
     np.testing.assert_allclose(out.pooled, out.tokens.mean(axis=1), rtol=1e-6, atol=1e-6)
 
 
@@ -51,15 +53,35 @@ def test_every_parameter_has_logical_axes(model_and_variables):
 
 
 def test_frame_order(model_and_variables):
-    """temporal="mean" is a bag of frames; the transformer's positions make order matter."""
+    """temporal="mean" pools a bag of frames, but its tokens say when each frame was; the transformer's
+    pooled vector depends on the order too."""
     model, variables, out = model_and_variables
     order = np.random.default_rng(0).permutation(VIDEO.shape[1])
     shuffled = jax.jit(model.apply)(variables, VIDEO[:, order])
+    cells = lambda tokens: np.asarray(tokens).reshape(2, VIDEO.shape[1], -1, tokens.shape[-1])
     if model.temporal == "mean":
-        np.testing.assert_array_equal(shuffled.tokens, out.tokens[:, order])  # each frame is encoded alone
-        np.testing.assert_allclose(shuffled.pooled, out.pooled, rtol=0, atol=1e-6)  # summation order only
+        np.testing.assert_allclose(shuffled.pooled, out.pooled, rtol=0, atol=1e-5)  # summation order only
+        frame_positions = np.asarray(variables["params"]["frame_positions"].value)
+        moved = cells(out.tokens)[:, order] - frame_positions[order][None, :, None] + frame_positions[None, :8, None]
+        np.testing.assert_allclose(cells(shuffled.tokens), moved, rtol=1e-5, atol=1e-5)
+        assert np.abs(cells(shuffled.tokens) - cells(out.tokens)[:, order]).max() > 1e-3
     else:
         assert np.abs(shuffled.pooled - out.pooled).max() > 1e-3
+
+
+def test_tokens_tell_where_a_shape_is():
+    """The same square on the left and on the right: the grid's tokens differ several times more than the
+    one vector per frame a trunk that averages space away gives (grid=1, the old encoder)."""
+    video = np.full((2, 2, 32, 32, 3), -1.0, np.float32)
+    video[0, :, 12:20, 2:10] = 1.0  # left
+    video[1, :, 12:20, 22:30] = 1.0  # right
+
+    def change(grid: int) -> float:
+        _, out = init_and_apply(tiny(temporal="mean", grid=grid), jnp.asarray(video))
+        tokens = np.asarray(out.tokens)
+        return float(np.abs(tokens[0] - tokens[1]).mean() / np.abs(tokens[0]).mean())
+
+    assert change(2) > 4 * change(1)
 
 
 def test_bfloat16_compute():
@@ -80,4 +102,4 @@ def test_sizes_build_for_64px_16_frame_clips(size):
     model = CNN2D(**SIZES[size])
     out = jax.eval_shape(lambda: model.apply(model.init(KEY, jnp.zeros((1, 16, 64, 64, 3))),
                                              jnp.zeros((1, 16, 64, 64, 3))))
-    assert out.tokens.shape == (1, 16, SIZES[size]["embed_dim"])
+    assert out.tokens.shape == (1, 16 * SIZES[size]["grid"] ** 2, SIZES[size]["embed_dim"])

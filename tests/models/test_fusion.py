@@ -73,3 +73,17 @@ def test_fusion(name):
         assert (np.abs(mapped.tokens[2] - out.tokens).max() > 1e-4) == token_level, case
     assert bf16_out.tokens.dtype == jnp.bfloat16 and bf16_out.pooled.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(bf16_out.pooled, np.float32), results[True][1].pooled, atol=0.1)
+
+
+@pytest.mark.parametrize("name", sorted(FUSIONS))
+def test_several_texts_per_clip_equal_the_clip_repeated(name):
+    """Two texts per clip (clip-major rows) give what the clip's video and audio repeated for each text give;
+    cross-attention reads one copy of them for both texts."""
+    model = FUSIONS[name](**SMALL)
+    variables = jax.jit(model.init)(jax.random.key(1), VIDEO, TEXT, AUDIO)
+    texts = jax.tree.map(lambda x: jnp.concatenate([x, x[::-1]]), TEXT)  # clip 0: texts 0, 1; clip 1: 1, 0
+    grouped = jax.jit(model.apply)(variables, VIDEO, texts, AUDIO)
+    repeat = lambda e: Encoded(*(None if x is None else jnp.repeat(x, 2, axis=0) for x in e))
+    repeated = jax.jit(model.apply)(variables, repeat(VIDEO), texts, repeat(AUDIO))
+    np.testing.assert_allclose(grouped.pooled, repeated.pooled, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grouped.tokens, repeated.tokens, rtol=1e-5, atol=1e-5)

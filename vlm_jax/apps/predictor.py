@@ -142,7 +142,7 @@ class Predictor:
         """The `top` most probable answers (from the data set's answer vocabulary) to one question per clip."""
         check_question(question)
         names = self.run.vocabulary.answers
-        ids, mask = tokenizer.encode([question] * self.batch_size, int(self.run.config.data.max_text_len))
+        ids, mask = tokenizer.encode([question] * self.batch_size, int(self.run.config.data.max_question_len))
         out = []
         for batch, video, audio in self._batches(clips):
             probs = np.asarray(self._answer(video, audio, ids, mask))

@@ -1,15 +1,16 @@
 """The grain input pipeline: per-process shards, seeded shuffling, augmentation, tokenisation, batching.
 
-Training batches carry one sampled caption, one hard negative and one QA pair
-per clip; evaluation batches carry every caption and every question, padded,
-with validity masks, and are padded to full batches (`valid` marks real clips).
+Training batches carry one sampled caption and one of its hard negatives per clip,
+and `data.questions_per_clip` of its questions; evaluation batches carry every
+caption, hard negative and question, padded, with validity masks, and are padded
+to full batches (`valid` marks real clips).
 Videos stay uint8 on the host (4x less to move than float32); audio is float32
 in [-1, 1]. The iterator's state (`get_state` / `set_state`) resumes exactly.
 
 Bad records never stop a run. A record that cannot be read, or whose arrays do not have the stored
 shape and dtype, becomes a blank clip with every caption and question invalid (so no loss, gradient or
 metric sees it; in evaluation its `valid` is False); empty captions are dropped, texts longer than
-`data.max_text_len` are truncated, and bytes that are not UTF-8 are dropped (decoded as U+FFFD, which the
+`data.max_text_len` (questions: `data.max_question_len`) tokens are truncated, and bytes that are not UTF-8 are dropped (decoded as U+FFFD, which the
 tokenizer's text clean-up removes). Each example carries `data/<issue>`, its count of each of
 `DATA_ISSUES`, which the trainer sums into `train/data/<issue>` in metrics.jsonl.
 """
@@ -56,7 +57,9 @@ class Spec:
     max_captions: int = 4
     max_negatives: int = 9  # moving_shapes: direction and order twins of each caption, and one of another sound
     max_questions: int = 8
+    questions_per_clip: int = 8  # training: drawn at random from each clip's questions (all of them, by default)
     num_choices: int = 4
+    max_question_len: int = 16
     num_workers: int = 0
     prefetch: int = 2
     shard_index: int = 0
@@ -77,6 +80,7 @@ class Spec:
             num_frames=data.num_frames, image_size=data.image_size, max_text_len=data.max_text_len,
             batch_size=config.train.batch_size // shard_count, seed=config.seed,
             min_crop_scale=data.augment.min_crop_scale, flip=data.augment.flip,
+            questions_per_clip=data.questions_per_clip, max_question_len=data.max_question_len,
             num_workers=data.num_workers, prefetch=data.prefetch, shard_index=shard_index, shard_count=shard_count)
 
 
@@ -233,15 +237,15 @@ class Transform:
                 "negative": ids[1], "negative_mask": mask[1], "has_negative": np.asarray(bool(own))}
 
     def _questions(self, text: dict, rng, issues: np.ndarray) -> dict:
-        """Training: one random question per clip. Evaluation: all of them, padded, with question_valid."""
+        """Questions, padded, with `question_valid`: evaluation takes every one in order (up to
+        `max_questions`), training `questions_per_clip` of them drawn at random."""
         spec = self.spec
         count = len(text["questions"])
         if rng is None:
-            rows = list(range(min(count, spec.max_questions)))
+            rows, width = list(range(min(count, spec.max_questions))), spec.max_questions
         else:
-            rows = [int(rng.integers(count))] if count else []
-        width = spec.max_questions if rng is None else 1
-        ids, mask = _encode_padded([text["questions"][r] for r in rows], width, spec.max_text_len, issues)
+            rows, width = [int(r) for r in rng.permutation(count)[:spec.questions_per_clip]], spec.questions_per_clip
+        ids, mask = _encode_padded([text["questions"][r] for r in rows], width, spec.max_question_len, issues)
         answers = np.full(width, -1, np.int32)
         types = np.full(width, -1, np.int32)
         choices = np.full((width, spec.num_choices), -1, np.int32)
@@ -255,11 +259,8 @@ class Transform:
                 choices[slot, c] = self.answer_ids.get(option, -1)
                 if option == answer:
                     correct[slot] = c
-        if rng is None:
-            return {"questions": ids, "question_masks": mask, "answers": answers, "question_types": types,
-                    "choices": choices, "choice_answers": correct, "question_valid": np.arange(width) < len(rows)}
-        return {"question": ids[0], "question_mask": mask[0], "answer": answers[0], "question_type": types[0],
-                "choices": choices[0], "choice_answer": correct[0], "question_valid": np.asarray(bool(rows))}
+        return {"questions": ids, "question_masks": mask, "answers": answers, "question_types": types,
+                "choices": choices, "choice_answers": correct, "question_valid": np.arange(width) < len(rows)}
 
 
 def _drop_empty_captions(strings: dict, negated: list[int], issues: np.ndarray) -> list[int]:

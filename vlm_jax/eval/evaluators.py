@@ -23,8 +23,7 @@ from vlm_jax.data import pipeline, tokenizer
 from vlm_jax.errors import UserError
 from vlm_jax.eval import caption_metrics, metrics
 from vlm_jax.models import decoding
-from vlm_jax.models.decoding import repeat_encoded
-from vlm_jax.models.layers import Encoded
+from vlm_jax.models.layers import Encoded, repeat_encoded
 from vlm_jax.train.loop import Run
 from vlm_jax.train.state import TrainState
 
@@ -168,7 +167,7 @@ class QaEvaluator(_Evaluator):
         clips, questions, length = batch["questions"].shape
         text = vlm.encode_text(batch["questions"].reshape(clips * questions, length),
                                batch["question_masks"].reshape(clips * questions, length))
-        logits = vlm.answer(vlm.fuse(repeat_encoded(video, questions), repeat_encoded(audio, questions), text))
+        logits = vlm.answer(vlm.fuse(video, audio, text))  # each clip meets its `questions` questions
         choices = batch["choices"].reshape(clips * questions, -1)
         return {"answer": jnp.argmax(logits, -1).reshape(clips, questions),
                 "choice": jnp.argmax(heads.choice_logits(logits, choices), -1).reshape(clips, questions),

@@ -17,7 +17,7 @@ from vlm_jax import config as config_lib
 from vlm_jax.errors import UserError
 from vlm_jax.eval import evaluators as evaluators_lib
 from vlm_jax.train import checkpoint as checkpoint_lib
-from vlm_jax.train.loop import Run, ensure_data
+from vlm_jax.train.loop import LossEvaluator, Run, ensure_data
 from vlm_jax.train.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,8 @@ def load_run(workdir: str | Path, step: int | None = None,
 def evaluate(workdir: str | Path, splits: Iterable[str] | None = None, tasks: Iterable[str] | None = None,
              step: int | None = None, overrides: Iterable[str] = ()) -> dict[str, float]:
     """Evaluate a run's checkpoint on `splits` (default `eval.splits`) for `tasks` (default: its training
-    task's evaluators), and merge the `<split>/<task>/<metric>` keys into its results.json."""
+    task's evaluators and losses, the keys the end of training writes), and merge the
+    `<split>/<task>/<metric>` keys into its results.json."""
     tasks = tuple(tasks) if tasks else None
     unknown = sorted(set(tasks or ()) - set(evaluators_lib.EVALUATORS))
     if unknown:
@@ -61,6 +62,8 @@ def evaluate(workdir: str | Path, splits: Iterable[str] | None = None, tasks: It
     run, state, step = load_run(workdir, step, overrides)
     splits = list(splits or run.config.eval.splits)
     evaluators = [make(run) for make in evaluators_lib.evaluators_for(run.config, tasks)]
+    if tasks is None:  # what the end of training evaluates: the task's losses too
+        evaluators.insert(0, LossEvaluator(run))
     results: dict[str, float] = {}
     for split in splits:
         for evaluator in evaluators:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from vlm_jax.data import tokenizer
 from vlm_jax.models import vlm
-from vlm_jax.models.layers import Encoded
+from vlm_jax.models.layers import Encoded, repeat_encoded
 
 BANNED_IDS = (tokenizer.PAD_ID, tokenizer.CLS_ID, tokenizer.MASK_ID, tokenizer.UNK_ID)
 NEG_INF = -1.0e9  # finite, so sums of impossible scores stay comparable and never become NaN
@@ -25,13 +25,6 @@ NEG_INF = -1.0e9  # finite, so sums of impossible scores stay comparable and nev
 def length_penalty(length: jax.Array, alpha: float) -> jax.Array:
     """GNMT's ((5 + length) / 6) ** alpha: alpha 0 ranks by total log-probability, larger favours longer."""
     return ((5.0 + length.astype(jnp.float32)) / 6.0) ** alpha
-
-
-def repeat_encoded(encoded: Encoded | None, times: int) -> Encoded | None:
-    """Each example's encoding `times` times in a row (one per beam, caption or question)."""
-    if encoded is None:
-        return None
-    return Encoded(*(None if x is None else jnp.repeat(x, times, axis=0) for x in encoded))
 
 
 def _gather_beams(tree, beam_index: jax.Array, batch: int, beams: int):

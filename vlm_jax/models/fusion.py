@@ -3,7 +3,9 @@
 Every module takes the towers' `Encoded` outputs (their widths may differ), first projects each
 modality to its own `width` with one Dense shared by that modality's tokens and pooled vector, and
 returns `Fused`: tokens aligned with the TEXT positions (the MLM head reads them) and one pooled
-vector (VTM and QA read it). All modules share one field set, so the single config block
+vector (VTM and QA read it). The text may hold k rows per clip (clip-major: row r belongs to clip
+r // k), as when each clip meets all of its questions; the video and audio are then projected once per
+clip, and cross-attention reads one copy of them for the k texts. All modules share one field set, so the single config block
 `model.fusion` configures any of them; `FUSIONS` maps `model.fusion.name` to the module.
 
 - `dual`: a dual encoder; no cross-modal interaction at all.
@@ -22,7 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vlm_jax.models.layers import Dtype, Encoded, Transformer, constrain, dense, layer_norm, logical, masked_mean
+from vlm_jax.models.layers import (Dtype, Encoded, Transformer, constrain, dense, layer_norm, logical, masked_mean,
+                                   repeat_encoded)
 
 POOLED = ("activation_batch", "activation_embed")
 
@@ -59,10 +62,17 @@ class _Fusion(nn.Module):
         mask = None if encoded.mask is None else encoded.mask.astype(bool)
         return Encoded(constrain(projection(encoded.tokens)), projection(encoded.pooled), mask)
 
-    def _modalities(self, video: Encoded, text: Encoded, audio: Encoded | None) -> dict[str, Encoded]:
-        """Projected modalities by name, in the order text, video, audio (audio only when given)."""
+    def _modalities(self, video: Encoded, text: Encoded, audio: Encoded | None,
+                    per_text: bool = True) -> dict[str, Encoded]:
+        """Projected modalities by name, in the order text, video, audio (audio only when given); with
+        `per_text`, video and audio are repeated to one row per text row."""
         given = {"text": text, "video": video, "audio": audio}
-        return {name: self._project(enc, f"{name}_projection") for name, enc in given.items() if enc is not None}
+        projected = {name: self._project(enc, f"{name}_projection") for name, enc in given.items() if enc is not None}
+        if per_text:
+            rows = text.tokens.shape[0]
+            projected.update({name: repeat_encoded(enc, rows // enc.tokens.shape[0])
+                              for name, enc in projected.items() if name != "text"})
+        return projected
 
     def _transformer(self, name: str, num_layers: int | None = None, cross_attention: bool = False) -> Transformer:
         return Transformer(num_layers=self.depth if num_layers is None else num_layers, num_heads=self.num_heads,
@@ -157,7 +167,7 @@ class CrossAttentionFusion(_Fusion):
     @nn.compact
     def __call__(self, video: Encoded, text: Encoded, audio: Encoded | None = None, *,
                  train: bool = False) -> Fused:
-        modalities = self._modalities(video, text, audio)
+        modalities = self._modalities(video, text, audio, per_text=False)
         query = modalities.pop("text")
         context, context_mask = concat_tokens([(m.tokens, m.mask) for m in modalities.values()])
         out = self._transformer("transformer", cross_attention=True)(

@@ -29,6 +29,13 @@ class Encoded(NamedTuple):
     mask: jax.Array | None = None  # [B, N] bool, True for real tokens; None when all are real
 
 
+def repeat_encoded(encoded: Encoded | None, times: int) -> Encoded | None:
+    """Each example's encoding `times` times in a row (one per beam, caption or question)."""
+    if encoded is None or times == 1:
+        return encoded
+    return Encoded(*(None if x is None else jnp.repeat(x, times, axis=0) for x in encoded))
+
+
 class TokenGrid(NamedTuple):
     """Where a video tower's output tokens lie in its input clip: a time-major (time, height, width) grid
     over the clip's frames `frames` ([start, stop); None: every frame). height = width = 1 when the tokens
@@ -293,7 +300,10 @@ class Mlp(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-LN block: self-attention, optional cross-attention to a context, MLP; residual around each."""
+    """Pre-LN block: self-attention, optional cross-attention to a context, MLP; residual around each.
+
+    The context may have fewer rows than x: k rows of x per context row, in order (row r of x belongs to
+    context row r // k), as when each clip meets several of its questions."""
     num_heads: int
     mlp_dim: int
     dtype: Dtype = jnp.float32
@@ -314,10 +324,13 @@ class TransformerBlock(nn.Module):
             h, mask=key_padding_mask(mask), causal=self.causal, deterministic=deterministic)
         x = x + drop(h)
         if self.cross_attention:
+            # k rows of x per context row (several texts of one clip, clip-major): the k rows' tokens query
+            # their shared context together, so its keys and values are computed once, not k times
             h = layer_norm(name="norm_cross", **kw)(x)
+            grouped = h.reshape(context.shape[0], -1, h.shape[-1])
             h = Attention(self.num_heads, name="cross_attention", **kw)(
-                h, context=context, mask=key_padding_mask(context_mask), deterministic=deterministic)
-            x = x + drop(h)
+                grouped, context=context, mask=key_padding_mask(context_mask), deterministic=deterministic)
+            x = x + drop(h.reshape(x.shape))
         h = layer_norm(name="norm_mlp", **kw)(x)
         x = x + drop(Mlp(self.mlp_dim, dropout_rate=self.dropout_rate, name="mlp", **kw)(h, deterministic))
         return constrain(x)

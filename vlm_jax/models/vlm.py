@@ -178,6 +178,7 @@ class VLM(nn.Module):
         return self.contrastive.embed_text(text.pooled)
 
     def fuse(self, video: Encoded, audio: Encoded | None, text: Encoded, *, train: bool = False) -> fusion.Fused:
+        """The fused pair; `text` may hold k rows per clip (clip-major), each clip meeting each of its texts."""
         return self.fusion(video, text, audio, train=train)
 
     def match(self, fused: fusion.Fused) -> jax.Array:

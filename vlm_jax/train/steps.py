@@ -8,13 +8,14 @@ A task is a loss function `(vlm, batch, rng, settings, train) -> (loss, metrics)
   language modelling conditioned on the video, and masked video modelling;
 - `retrieval`: contrastive finetuning;
 - `caption`: teacher-forced cross-entropy with label smoothing;
-- `qa`: answer classification plus multiple choice over each question's candidates.
+- `qa`: answer classification plus multiple choice over each question's candidates, for every question
+  the batch holds per clip (the video encoded once).
 
 Every component's loss is logged as `<name>_loss` with its metrics as `<name>/<metric>` (accuracies in
 percent); `loss` is the weighted total. `make_train_step` / `make_eval_step` close over the model, optimizer and settings; the
-loop jits them with shardings. Batches arrive in the training layout (one caption and one question per
-clip, `pipeline.train_dataset`); `eval_slots` turns an evaluation batch into such batches, one per caption
-or question slot, for validation losses over every caption style and question type.
+loop jits them with shardings. Batches arrive in the training layout (one caption and hard negative and
+`data.questions_per_clip` questions per clip, `pipeline.train_dataset`); `eval_slots` turns an evaluation
+batch into what each loss takes, for validation losses over every caption style and question type.
 """
 
 from __future__ import annotations
@@ -167,16 +168,22 @@ def caption_loss(vlm: VLM, batch: Batch, rng: jax.Array, settings: Settings, tra
 
 
 def qa_loss(vlm: VLM, batch: Batch, rng: jax.Array, settings: Settings, train: bool) -> tuple[jax.Array, Metrics]:
-    valid = batch["question_valid"].astype(bool)
+    """Every question of the batch ([B, Q] of them, `question_valid` marking the real ones): the video is
+    encoded once and fused with each of its clip's questions."""
+    clips, count, length = batch["questions"].shape
+    valid = batch["question_valid"].astype(bool).reshape(-1)
     video, audio = vlm.encode_video(batch["video"], _audio(batch), train=train)
-    question = vlm.encode_text(batch["question"], batch["question_mask"], train=train)
-    logits = vlm.answer(vlm.fuse(video, audio, question, train=train), train=train)
+    question = vlm.encode_text(batch["questions"].reshape(clips * count, length),
+                               batch["question_masks"].reshape(clips * count, length), train=train)
+    fused = vlm.fuse(video, audio, question, train=train)  # each clip meets its `count` questions
+    logits = vlm.answer(fused, train=train)
     terms, metrics = {}, {}
-    terms["qa"], parts = losses.qa_loss(logits, batch["answer"], valid)
+    terms["qa"], parts = losses.qa_loss(logits, batch["answers"].reshape(-1), valid)
     _add(metrics, "qa", terms["qa"], parts)
     if settings.weight("choice"):
-        terms["choice"], parts = losses.choice_loss(heads.choice_logits(logits, batch["choices"]),
-                                                    batch["choice_answer"], valid)
+        choices = batch["choices"].reshape(clips * count, -1)
+        terms["choice"], parts = losses.choice_loss(heads.choice_logits(logits, choices),
+                                                    batch["choice_answers"].reshape(-1), valid)
         _add(metrics, "choice", terms["choice"], parts)
     return _weighted(settings, terms, metrics)
 
@@ -267,23 +274,17 @@ def make_eval_step(model: VLM, settings: Settings) -> Callable[[TrainState, Batc
 
 
 def eval_slots(batch: dict[str, np.ndarray], task: str) -> Iterator[dict[str, np.ndarray]]:
-    """An evaluation batch (every caption, hard negative and question of each clip, padded) as batches in the
-    training layout, one per caption slot (pretrain, retrieval, caption) or question slot (qa), so that
-    validation losses average over every caption style and every question type. Caption slot k pairs caption k with one of its own hard negatives (the clips take turns
-    over their kinds: direction, order, sound)."""
+    """An evaluation batch (every caption, hard negative and question of each clip, padded) as batches the
+    task's loss takes, so that validation losses average over every question type and every caption
+    style: qa takes every question at once; the other tasks take one caption per clip, so the batch comes
+    once per caption slot, caption k paired with one of its own hard negatives (the clips take turns over
+    their kinds: direction, order, sound)."""
     valid = batch["valid"].astype(bool)
-    out = {k: batch[k] for k in ("video", "audio", "has_audio") if k in batch}
-    clips, max_text_len = batch["captions"].shape[0], batch["captions"].shape[-1]
-    no_text = np.zeros((clips, max_text_len), np.int32)
     if task == "qa":
-        for k in range(batch["questions"].shape[1]):
-            yield {**out, "caption": no_text, "caption_mask": no_text, "caption_valid": np.zeros(clips, bool),
-                   "question": batch["questions"][:, k], "question_mask": batch["question_masks"][:, k],
-                   "answer": batch["answers"][:, k], "choices": batch["choices"][:, k],
-                   "choice_answer": batch["choice_answers"][:, k],
-                   "question_valid": valid & batch["question_valid"][:, k].astype(bool)}
+        yield {**batch, "question_valid": valid[:, None] & batch["question_valid"].astype(bool)}
         return
-    rows = np.arange(clips)
+    out = {k: batch[k] for k in ("video", "audio", "has_audio") if k in batch}
+    rows = np.arange(len(valid))
     for k in range(batch["captions"].shape[1]):
         own = (batch["negative_captions"] == k) & batch["negative_valid"].astype(bool)  # [B, N]
         count = own.sum(axis=1)
@@ -292,7 +293,4 @@ def eval_slots(batch: dict[str, np.ndarray], task: str) -> Iterator[dict[str, np
         yield {**out, "caption": batch["captions"][:, k], "caption_mask": batch["caption_masks"][:, k],
                "caption_valid": valid & batch["caption_valid"][:, k].astype(bool),
                "negative": batch["negatives"][rows, pick], "negative_mask": batch["negative_masks"][rows, pick],
-               "has_negative": valid & (count > 0),
-               "question": no_text, "question_mask": no_text, "answer": np.full(clips, -1, np.int32),
-               "choices": np.full((clips, batch["choices"].shape[-1]), -1, np.int32),
-               "choice_answer": np.full(clips, -1, np.int32), "question_valid": np.zeros(clips, bool)}
+               "has_negative": valid & (count > 0)}

@@ -2,7 +2,8 @@
 
 The trunk (`FrameCNN`) uses GroupNorm rather than BatchNorm so the module keeps no batch statistics:
 train and eval compute the same function and there is no mutable state to thread through the step.
-`CNNRNN` (cnn_rnn.py) reuses the same trunk.
+It keeps space: its feature map is average-pooled to a `grid` x `grid` map, not to one vector, so
+where a shape is (and so where it goes) survives. `CNNRNN` (cnn_rnn.py) reuses the same trunk.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vlm_jax.models.layers import (Dtype, Encoded, LearnedPositions, TokenGrid, Transformer, constrain, dense,
+from vlm_jax.models.layers import (Dtype, Encoded, TokenGrid, Transformer, constrain, dense,
                                    layer_norm, logical)
 
 TEMPORAL_MODES = ("mean", "transformer")
@@ -26,11 +27,11 @@ TRUNK_SIZES = {
 }
 
 SIZES = {
-    "tiny": {**TRUNK_SIZES["tiny"], "embed_dim": 64, "temporal": "mean"},
+    "tiny": {**TRUNK_SIZES["tiny"], "embed_dim": 64, "temporal": "mean", "grid": 2},
     "small": {**TRUNK_SIZES["small"], "embed_dim": 256, "temporal": "transformer", "num_layers": 2, "num_heads": 4,
-              "mlp_dim": 512},
+              "mlp_dim": 512, "grid": 4},
     "base": {**TRUNK_SIZES["base"], "embed_dim": 512, "temporal": "transformer", "num_layers": 4, "num_heads": 8,
-             "mlp_dim": 2048},
+             "mlp_dim": 2048, "grid": 4},
 }
 
 
@@ -70,16 +71,26 @@ class ResidualBlock(nn.Module):
         return nn.relu(x + h)
 
 
+def pool_grid(features: jax.Array, grid: int) -> jax.Array:
+    """Average-pool a feature map [N, H, W, C] to [N, grid, grid, C] (H and W divisible by `grid`)."""
+    n, height, width, channels = features.shape
+    if height % grid or width % grid:
+        raise ValueError(f"the trunk's {height}x{width} feature map does not divide into a {grid}x{grid} grid")
+    return features.reshape(n, grid, height // grid, grid, width // grid, channels).mean(axis=(2, 4))
+
+
 class FrameCNN(nn.Module):
-    """Images [N, H, W, 3] -> spatially averaged features [N, widths[-1]].
+    """Images [N, H, W, 3] -> feature maps [N, grid, grid, widths[-1]].
 
     A stride-2 3x3 stem, then one stage per entry of `widths` with `depths[i]` blocks; every stage
-    after the first halves the resolution in its first block.
+    after the first halves the resolution in its first block. The last map is average-pooled to
+    `grid` x `grid` cells (1: one vector per image, which cannot tell left from right).
     """
     stem_width: int = 32
     widths: tuple[int, ...] = (32, 64, 128)
     depths: tuple[int, ...] = (1, 1, 1)
     groups: int = 8
+    grid: int = 4
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -94,22 +105,26 @@ class FrameCNN(nn.Module):
             for block in range(depth):
                 stride = 2 if stage > 0 and block == 0 else 1
                 x = ResidualBlock(width, stride, self.groups, name=f"stage{stage}_block{block}", **kw)(x)
-        return x.mean(axis=(1, 2))
+        return pool_grid(x, self.grid)
 
 
 class CNN2D(nn.Module):
-    """Per-frame CNN, frames folded into the batch, then `temporal` modelling over the frame vectors.
+    """Per-frame CNN, frames folded into the batch; one token per cell of each frame's `grid` x `grid`
+    feature map, tagged with learned space and frame positions, then `temporal` modelling.
 
-    temporal="mean": tokens are the projected per-frame vectors and pooled is their average, so the
-    encoding ignores frame order (a bag-of-frames baseline). temporal="transformer": learned frame
-    positions and a small transformer over the frame vectors; tokens are its outputs and pooled is
-    their mean. `train` only switches the transformer's dropout on.
+    temporal="mean": the tokens are the projected cells with their positions, and pooled is their
+    average: a bag of frames in the pooled vector, while the tokens still say where and when each cell
+    is, for a fusion that attends to them. temporal="transformer": a small transformer over every
+    token of the clip (joint space-time attention); tokens are its outputs and pooled is their mean.
+    `train` only switches the transformer's dropout on.
     """
     embed_dim: int = 256
     stem_width: int = 32
     widths: tuple[int, ...] = (32, 64, 128)
     depths: tuple[int, ...] = (1, 1, 1)
     groups: int = 8
+    grid: int = 4
+    frame_difference: bool = False
     temporal: str = "mean"
     num_layers: int = 2
     num_heads: int = 4
@@ -120,23 +135,30 @@ class CNN2D(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     def token_grid(self, video_shape: tuple[int, ...]) -> TokenGrid:
-        """One token per frame; the trunk averages space away."""
-        return TokenGrid(video_shape[1], 1, 1)
+        """One token per frame and grid cell, time-major."""
+        return TokenGrid(video_shape[1], self.grid, self.grid)
 
     @nn.compact
     def __call__(self, video: jax.Array, *, train: bool = False) -> Encoded:
         if self.temporal not in TEMPORAL_MODES:
             raise ValueError(f"unknown temporal mode {self.temporal!r}; choose one of {', '.join(TEMPORAL_MODES)}")
+        if video.shape[1] > self.max_frames:
+            raise ValueError(f"{video.shape[1]} frames exceed max_frames={self.max_frames}")
         batch, frames = video.shape[:2]
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        trunk = FrameCNN(self.stem_width, self.widths, self.depths, self.groups, name="trunk", **kw)
-        features = trunk(video.reshape((batch * frames,) + video.shape[2:]))
-        tokens = dense(self.embed_dim, ("conv_out", "embed"), name="project", **kw)(features)
-        tokens = constrain(tokens.reshape(batch, frames, self.embed_dim))
+        if self.frame_difference:  # each frame with its change since the previous one (TSN's RGB difference)
+            previous = jnp.concatenate([video[:, :1], video[:, :-1]], axis=1)
+            video = jnp.concatenate([video, video - previous], axis=-1)
+        trunk = FrameCNN(self.stem_width, self.widths, self.depths, self.groups, self.grid, name="trunk", **kw)
+        cells = trunk(video.reshape((batch * frames,) + video.shape[2:]))
+        tokens = dense(self.embed_dim, ("conv_out", "embed"), name="project", **kw)(cells)
+        init = logical(nn.initializers.normal(0.02), ("length", "embed"))
+        space = self.param("space_positions", init, (self.grid * self.grid, self.embed_dim), self.param_dtype)
+        time = self.param("frame_positions", init, (self.max_frames, self.embed_dim), self.param_dtype)
+        tokens = (tokens.reshape(batch, frames, self.grid * self.grid, self.embed_dim)
+                  + space.astype(self.dtype)[None, None] + time[:frames].astype(self.dtype)[None, :, None])
+        tokens = constrain(tokens.reshape(batch, -1, self.embed_dim))
         if self.temporal == "transformer":
-            if frames > self.max_frames:
-                raise ValueError(f"{frames} frames exceed max_frames={self.max_frames}")
-            tokens = LearnedPositions(self.max_frames, param_dtype=self.param_dtype, name="positions")(tokens)
             tokens = Transformer(self.num_layers, self.num_heads, self.mlp_dim, dropout_rate=self.dropout,
                                  name="temporal", **kw)(tokens, deterministic=not train)
             tokens = layer_norm(name="norm", **kw)(tokens)

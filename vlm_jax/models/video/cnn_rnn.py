@@ -1,7 +1,8 @@
 """CNN + RNN video encoder: the per-frame trunk of cnn2d.py, then an LSTM or GRU over the frame vectors.
 
-Unlike CNN2D(temporal="mean") the recurrence makes the encoding depend on frame order, the classic
-"LRCN" baseline for temporal understanding.
+Each frame vector is a projection of the trunk's whole `grid` x `grid` feature map (not its mean), so it
+says where things are; the recurrence makes the encoding depend on frame order: the classic "LRCN"
+baseline for temporal understanding.
 """
 
 from __future__ import annotations
@@ -17,16 +18,17 @@ CELLS = {"lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell}
 
 SIZES = {
     "tiny": {**TRUNK_SIZES["tiny"], "embed_dim": 64, "cell": "lstm", "hidden": 64, "num_layers": 1,
-             "bidirectional": False},
+             "bidirectional": False, "grid": 2},
     "small": {**TRUNK_SIZES["small"], "embed_dim": 256, "cell": "lstm", "hidden": 256, "num_layers": 1,
-              "bidirectional": True},
+              "bidirectional": True, "grid": 4},
     "base": {**TRUNK_SIZES["base"], "embed_dim": 512, "cell": "lstm", "hidden": 512, "num_layers": 2,
-             "bidirectional": True},
+             "bidirectional": True, "grid": 4},
 }
 
 
 class CNNRNN(nn.Module):
-    """Per-frame CNN features fed to `num_layers` stacked (optionally bidirectional) recurrent layers.
+    """Per-frame CNN feature maps, each flattened and projected to one `embed_dim` frame vector, fed to
+    `num_layers` stacked (optionally bidirectional) recurrent layers.
 
     tokens: every step's top-layer hidden state (forward and backward concatenated when
     bidirectional), projected to `embed_dim`. pooled: the final hidden state, i.e. the forward state
@@ -39,6 +41,7 @@ class CNNRNN(nn.Module):
     widths: tuple[int, ...] = (32, 64, 128)
     depths: tuple[int, ...] = (1, 1, 1)
     groups: int = 8
+    grid: int = 4
     cell: str = "lstm"
     hidden: int = 256
     num_layers: int = 1
@@ -67,8 +70,9 @@ class CNNRNN(nn.Module):
             raise ValueError(f"unknown recurrent cell {self.cell!r}; choose one of {', '.join(CELLS)}")
         batch, frames = video.shape[:2]
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        trunk = FrameCNN(self.stem_width, self.widths, self.depths, self.groups, name="trunk", **kw)
-        x = trunk(video.reshape((batch * frames,) + video.shape[2:])).reshape(batch, frames, -1)
+        trunk = FrameCNN(self.stem_width, self.widths, self.depths, self.groups, self.grid, name="trunk", **kw)
+        cells = trunk(video.reshape((batch * frames,) + video.shape[2:])).reshape(batch, frames, -1)
+        x = nn.relu(dense(self.embed_dim, ("mlp", "embed"), name="frame_projection", **kw)(cells))
         for layer in range(self.num_layers):
             if self.bidirectional:
                 x = nn.Bidirectional(nn.RNN(self._cell(), parent=None), nn.RNN(self._cell(), parent=None),
