@@ -135,6 +135,86 @@ def _fake_run(workdir, config, metrics):
     (workdir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
 
 
+def _figures(monkeypatch) -> dict:
+    """Filled, as the report is written, with each figure it embeds, by alt text."""
+    figures = {}
+    embed = report._figure_img
+
+    def record(figure, alt):
+        figures[alt] = figure
+        return embed(figure, alt)
+
+    monkeypatch.setattr(report, "_figure_img", record)
+    return figures
+
+
+def _curves(axis) -> tuple[dict, dict]:
+    """({label: (colour, values)} of the solid lines, {colour: level} of the horizontal dotted ones)."""
+    lines = {line.get_label(): (line.get_color(), list(line.get_ydata())) for line in axis.get_lines()
+             if line.get_linestyle() == "-"}
+    levels = {line.get_color(): line.get_ydata()[0] for line in axis.get_lines() if line.get_linestyle() != "-"}
+    return lines, levels
+
+
+QA_KINDS = ("colour", "order", "yesno")  # some of the question types: only these get a line
+
+
+def test_a_qa_run_shows_accuracy_per_question_type_against_chance(tmp_path, monkeypatch):
+    workdir = tmp_path / "qa"
+    validation = {step: {f"validation/qa/acc_{kind}": 10.0 * step + index for index, kind in enumerate(QA_KINDS)}
+                  for step in (2, 4)}
+    _fake_run(workdir, {"train": {"task": "qa"}},
+              [{"step": 1, "train/loss": 3.0}]
+              + [{"step": step, "validation/qa/acc": 40.0, "validation/qa/loss": 2.0,
+                  "validation/qa/f1_macro_colour": 20.0, "validation/qa/f1_red": 5.0, **values}
+                 for step, values in validation.items()])
+    (workdir / "results.json").write_text(json.dumps(
+        {"test/qa/acc": 41.0, "test/qa/acc_colour": 61.5, "test_novel/qa/acc_colour": 40.5, "test/qa/acc_yesno": 52.0,
+         "test/qa/f1_macro_colour": 30.0, "test/qa/f1_red": 7.0}))
+    figures = _figures(monkeypatch)
+    page = report.write_report(workdir, examples=False).read_text()
+    assert "Validation text-to-video R@1 per caption style" not in figures  # no retrieval keys
+    main_lines, _ = _curves(figures["validation metrics over steps"].axes[0])
+    assert sorted(main_lines) == ["acc"]  # the per-kind keys are on a figure of their own
+    (axis,) = figures["Validation accuracy per question type"].axes
+    lines, levels = _curves(axis)
+    assert sorted(lines) == sorted(QA_KINDS)
+    for kind in QA_KINDS:
+        colour, values = lines[kind]
+        assert values == [validation[step][f"validation/qa/acc_{kind}"] for step in (2, 4)]
+        assert levels[colour] == pytest.approx({"colour": 100 / 7, "order": 25, "yesno": 50}[kind])
+    assert len(levels) == len(QA_KINDS)
+    assert "Order&#x27;s (25%) is approximate" in page
+    results = page[page.index("<h3>Final results"):]
+    assert ('<tr><td>colour</td><td class="num">14.29</td><td class="num">61.5</td><td class="num">40.5</td></tr>'
+            in results)  # test and test_novel, beside chance
+    assert '<tr><td>yesno</td><td class="num">50</td><td class="num">52</td><td class="num">–</td></tr>' in results
+    assert "<td>acc_colour</td>" not in results  # in the table, not again in a card
+    cards, details = results.split("<details>")
+    assert "<td>acc</td>" in cards and "f1_macro_colour" not in cards and "f1_red" not in cards
+    assert "f1_macro_colour" in details and "f1_red" in details
+
+
+def test_a_retrieval_run_shows_recall_per_caption_style(tmp_path, monkeypatch):
+    styles = ("motion", "count", "sound", "size")
+    workdir = tmp_path / "retrieval"
+    _fake_run(workdir, {"train": {"task": "retrieval"}},
+              [{"step": 1, "train/loss": 3.0},
+               {"step": 2, "validation/retrieval/t2v_R@1": 5.0,
+                **{f"validation/retrieval/t2v_R@1_{style}": float(i) for i, style in enumerate(styles)}}])
+    figures = _figures(monkeypatch)
+    report.write_report(workdir, examples=False)
+    assert "Validation accuracy per question type" not in figures
+    main_lines, _ = _curves(figures["validation metrics over steps"].axes[0])
+    assert sorted(main_lines) == ["t2v_R@1"]
+    lines, levels = _curves(figures["Validation text-to-video R@1 per caption style"].axes[0])
+    assert sorted(lines) == sorted(styles) and levels == {}  # no chance lines
+
+
+def test_a_run_without_qa_metrics_has_no_figure_per_question_type(page):
+    assert "per question type" not in page
+
+
 def test_hostile_text_is_escaped_and_bad_explanations_are_user_errors(tmp_path):
     """Every text that reaches the page (config, metric names, titles, tables) is escaped."""
     hostile = "<script>alert(1)</script>"

@@ -4,11 +4,13 @@
     screenshot(path, "docs/report.png")                   # for the docs (needs chromium)
 
 The page shows, in order: the run (workdir, task, step, seed, the resolved config), its loss curves and
-learning rate, the validation metrics over steps and the final results.json, a research table when one
-is found next to the run, retrieval examples (runs that embed text and video), QA examples (QA runs)
-and explanation heatmaps passed in by the caller. Every picture is a base64 `data:` URI and the page
-has no script, external style sheet or font; its Content-Security-Policy allows nothing but inline
-styles and `data:` images, so a browser shows a reference that is not embedded as a broken image.
+learning rate, the validation metrics over steps (QA accuracy per question type against chance, and
+text-to-video R@1 per caption style, on figures of their own) and the final results.json, a research
+table when one is found next to the run, retrieval examples (runs that embed text and video), QA
+examples (QA runs) and explanation heatmaps passed in by the caller. Every picture is a base64 `data:`
+URI and the page has no script, external style sheet or font; its Content-Security-Policy allows
+nothing but inline styles and `data:` images, so a browser shows a reference that is not embedded as a
+broken image.
 """
 
 from __future__ import annotations
@@ -47,9 +49,19 @@ QA_EXAMPLES = 6
 STRIP_FRAMES = 4
 STRIP_FRAME_PX = 64  # frames are upscaled (nearest neighbour) to at least this size so shapes are visible
 EVAL_TABLE_STEPS = 8  # the validation table shows at most this many evaluations: the first, the last, spread between
+BREAKDOWN_WIDTH = 8.0  # inches: the figures per question type or caption style have a line per kind and a legend
 RANK_METRICS = ("MdR", "MnR")  # metric names ending so are ranks (lower is better), plotted apart from percentages
-# per-question-kind breakdowns (`qa/acc_direction`): in the tables, not in the figure
+# per-question-kind breakdowns (`qa/f1_macro_direction`): in the tables, not in the validation figure; their
+# accuracies (`<split>/qa/acc_direction`) have a figure and a results table of their own
 PER_KIND_METRIC = re.compile(rf"/qa/\w+_({'|'.join(moving_shapes.QA_TYPES)})$")
+PER_KIND_ACCURACY = re.compile(rf"^([^/]+)/qa/acc_({'|'.join(moving_shapes.QA_TYPES)})$")  # (split, kind)
+PER_STYLE_RECALL = re.compile(r"/retrieval/t2v_R@1_(\w+)$")  # text-to-video R@1 of one caption style (motion, ...)
+# The accuracy of a uniform guess among the answers that a question type can have (moving_shapes.questions_for):
+# 7 colours, 5 shapes, 7 motions, 4 sounds; count asks how many shapes there are (1-3) or how many move (0-3),
+# taken as 4-way. Order questions are 7-way (colour), 5-way (shape) or yes/no, so its 1/4 is approximate.
+QA_CHANCE = {"colour": 1 / len(moving_shapes.COLOUR_NAMES), "shape": 1 / len(moving_shapes.SHAPES),
+             "count": 1 / len(moving_shapes.COUNT_WORDS), "direction": 1 / len(moving_shapes.MOTIONS),
+             "order": 1 / 4, "sound": 1 / len(moving_shapes.SOUNDS), "yesno": 1 / 2}
 BROWSER_IMAGE_TYPES = {"PNG": "image/png", "GIF": "image/gif", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync")
@@ -232,9 +244,10 @@ def _metrics_section(metrics: dict[int, dict[str, float]], results: dict[str, An
     parts = ["<h3>Validation metrics over steps</h3>"]
     if validation:
         plotted = [k for k in validation if not (k.endswith("loss") or PER_ANSWER_METRIC.search(k)
-                                                 or PER_KIND_METRIC.search(k))]  # losses are on the loss figure
-        if plotted:
+                                                 or PER_KIND_METRIC.search(k) or PER_STYLE_RECALL.search(k))]
+        if plotted:  # losses are on the loss figure, breakdowns on figures of their own
             parts.append(_figure_img(_validation_figure(metrics, plotted), "validation metrics over steps"))
+        parts.extend(_breakdown_figures(metrics, validation))
         breakdown = [k for k in validation if PER_ANSWER_METRIC.search(k) or PER_KIND_METRIC.search(k)]
         parts.append(_validation_table(metrics, [k for k in validation if k not in breakdown]))
         if breakdown:
@@ -247,26 +260,68 @@ def _metrics_section(metrics: dict[int, dict[str, float]], results: dict[str, An
     if not results:
         parts.append("<p>The run has no results.json yet.</p>")
         return "".join(parts)
-    per_answer = {k: v for k, v in results.items() if PER_ANSWER_METRIC.search(k)}
-    parts.append(_results_cards({k: v for k, v in results.items() if k not in per_answer}))
-    if per_answer:
-        parts.append(f"<details><summary>{len(per_answer)} per-answer QA metrics</summary>"
-                     f"{_results_cards(per_answer)}</details>")
+    accuracy_per_kind = [k for k in results if PER_KIND_ACCURACY.search(k)]  # a table of its own
+    details = {k: v for k, v in results.items()
+               if k not in accuracy_per_kind and (PER_ANSWER_METRIC.search(k) or PER_KIND_METRIC.search(k))}
+    parts.append(_results_cards({k: v for k, v in results.items() if k not in details and k not in accuracy_per_kind}))
+    if accuracy_per_kind:
+        parts.append(_accuracy_per_kind_table(results))
+    if details:
+        parts.append(f"<details><summary>{len(details)} QA metrics per question kind and per answer</summary>"
+                     f"{_results_cards(details)}</details>")
     return "".join(parts)
 
 
 def _validation_figure(metrics: dict[int, dict[str, float]], keys: list[str]) -> Figure:
     """One panel per task, with rank metrics (lower is better) in a panel of their own."""
-    panels: dict[str, list[str]] = {}
+    panels: dict[str, dict[str, str]] = {}
     for key in keys:
         task = key.split("/")[1]
-        panels.setdefault(f"{task} (rank)" if key.endswith(RANK_METRICS) else task, []).append(key)
-    figure = Figure(figsize=(min(11, max(5.0, 3.7 * len(panels))), 3.4), layout="constrained")
-    for axis, (title, panel_keys) in zip(np.atleast_1d(figure.subplots(1, len(panels))), panels.items()):
-        for key in panel_keys:
-            axis.plot(*_series(metrics, key), marker="o", markersize=3, linewidth=1, label=key.split("/", 2)[2])
-        axis.set(title=title, xlabel="step")
-        _step_ticks(axis, metrics, panel_keys)
+        panels.setdefault(f"{task} (rank)" if key.endswith(RANK_METRICS) else task, {})[key] = key.split("/", 2)[2]
+    return _curves_figure(metrics, panels)
+
+
+def _breakdown_figures(metrics: dict[int, dict[str, float]], validation: list[str]) -> list[str]:
+    """Validation accuracy per question type, each type's chance level dotted in its colour, and text-to-video
+    R@1 per caption style: which kinds a run learns, and when. Nothing for a breakdown the run did not log."""
+    parts = []
+    accuracy = {key: found.group(2) for key in validation if (found := PER_KIND_ACCURACY.search(key))}
+    if accuracy:
+        title = "Validation accuracy per question type"
+        chance = {key: 100 * QA_CHANCE[kind] for key, kind in accuracy.items()}
+        figure = _curves_figure(metrics, {title: accuracy}, chance, ylabel="accuracy (%)", min_width=BREAKDOWN_WIDTH)
+        parts += [_figure_img(figure, title), f'<p class="small">Dotted lines: the chance levels, each in its type\'s '
+                                              f'colour. {_e(_chance_note(accuracy.values()))}</p>']
+    recall = {key: found.group(1) for key in validation if (found := PER_STYLE_RECALL.search(key))}
+    if recall:
+        title = "Validation text-to-video R@1 per caption style"
+        figure = _curves_figure(metrics, {title: recall}, ylabel="R@1 (%)", min_width=BREAKDOWN_WIDTH)
+        parts.append(_figure_img(figure, title))
+    return parts
+
+
+def _chance_note(kinds: Iterable[str]) -> str:
+    """What the chance levels are, and that order's, which mixes question forms, is approximate."""
+    note = "Chance is the accuracy of a uniform guess among a question type's answers."
+    if "order" in kinds:
+        note += f" Order's ({100 * QA_CHANCE['order']:.0f}%) is approximate: its questions are 7-way, 5-way or yes/no."
+    return note
+
+
+def _curves_figure(metrics: dict[int, dict[str, float]], panels: dict[str, dict[str, str]],
+                   levels: dict[str, float] | None = None, ylabel: str = "", min_width: float = 5.0) -> Figure:
+    """Panels side by side (title -> {key: label}), one line per key over steps, and a dotted line at
+    `levels[key]` in the colour of the key's line."""
+    levels = levels or {}
+    figure = Figure(figsize=(min(11, max(min_width, 3.7 * len(panels))), 3.4), layout="constrained")
+    for axis, (title, labels) in zip(np.atleast_1d(figure.subplots(1, len(panels))), panels.items()):
+        for index, (key, label) in enumerate(labels.items()):
+            line, = axis.plot(*_series(metrics, key), marker="o", markersize=3, linewidth=1, label=label)
+            if key in levels:  # staggered dots, so that levels that coincide still show every colour
+                axis.axhline(levels[key], color=line.get_color(), linewidth=2, dash_capstyle="round",
+                             linestyle=(2 * index, (1, 2 * len(labels) - 1)))
+        axis.set(title=title, xlabel="step", ylabel=ylabel)
+        _step_ticks(axis, metrics, list(labels))
         axis.grid(alpha=0.3)
         axis.legend(fontsize=6)
     return figure
@@ -281,6 +336,23 @@ def _validation_table(metrics: dict[int, dict[str, float]], keys: list[str]) -> 
                    + "".join(f'<td class="num">{_e(_number(metrics[step].get(key)))}</td>' for step in steps)
                    + "</tr>" for key in keys)
     return f'<div class="scroll"><table><tr><th>validation metric</th>{head}</tr>{rows}</table></div>'
+
+
+def _accuracy_per_kind_table(results: dict[str, Any]) -> str:
+    """The final accuracy of each question type, one column per split (`test`, `test_novel`), beside its chance."""
+    by_kind: dict[str, dict[str, Any]] = {}
+    for key, value in results.items():
+        if found := PER_KIND_ACCURACY.search(key):
+            split, kind = found.groups()
+            by_kind.setdefault(kind, {})[split] = value
+    splits = sorted({split for values in by_kind.values() for split in values})
+    head = "".join(f'<th class="num">{_e(split)}</th>' for split in splits)
+    rows = "".join(f'<tr><td>{_e(kind)}</td><td class="num">{_e(_number(100 * QA_CHANCE[kind]))}</td>'
+                   + "".join(f'<td class="num">{_e(_number(by_kind[kind].get(split)))}</td>' for split in splits)
+                   + "</tr>" for kind in sorted(by_kind))
+    return (f'<h4>Accuracy per question type (%)</h4><table><tr>'
+            f'<th>question type</th><th class="num">chance</th>{head}</tr>{rows}</table>'
+            f'<p class="small">{_e(_chance_note(by_kind))}</p>')
 
 
 def _results_cards(results: dict[str, Any]) -> str:
@@ -532,7 +604,7 @@ body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans",
 main { max-width: 1180px; margin: 0 auto; padding: 24px 28px 60px; }
 h1 { font-size: 1.6em; margin: 0 0 4px; }
 h2 { border-bottom: 2px solid #d5dae1; padding-bottom: 4px; margin-top: 36px; }
-h3 { margin: 22px 0 8px; } h4 { margin: 0 0 6px; font-size: 0.95em; }
+h3 { margin: 22px 0 8px; } h4 { margin: 0 0 6px; font-size: 0.95em; } .cards + h4 { margin-top: 16px; }
 nav { font-size: 0.92em; color: #555; } nav a { color: #2758a8; margin-right: 14px; text-decoration: none; }
 section { background: #fff; border-radius: 8px; padding: 4px 20px 18px; margin-top: 18px;
           box-shadow: 0 1px 3px rgba(0, 0, 0, 0.08); }
