@@ -86,6 +86,7 @@ def get_config(arg=None):
 
     # One block per family (model.video.vivit, model.video.cnn2d, ...); the names pick the parts.
     # model.dtype = "bfloat16" computes in bf16 with float32 parameters and optimizer state.
+    # model.retrieval_audio: the retrieval embedding adds the clip's audio (None: whenever model.audio.name is set).
     config.model = vlm.model_config(preset)
 
     config.losses = ml_collections.ConfigDict({"contrastive": 1.0, "vtm": 1.0, "mlm": 1.0, "mvm": 0.5})

@@ -7,6 +7,7 @@ import pytest
 
 from vlm_jax import config as config_lib
 from vlm_jax.errors import UserError
+from vlm_jax.models import vlm
 
 PRETRAIN = "configs/pretrain.py"
 
@@ -125,3 +126,22 @@ def test_an_edited_config_json_is_checked_like_a_config_file(tmp_path, block, ke
     path.write_text(json.dumps(written))
     with pytest.raises(UserError, match=message.replace("(", r"\(")):
         config_lib.load(str(path))
+
+
+def test_retrieval_audio_follows_the_audio_tower_and_needs_one():
+    def resolved(*overrides):
+        return vlm.retrieval_uses_audio(config_lib.load(f"{PRETRAIN}:tiny", list(overrides)).model)
+    assert resolved() and resolved("model.retrieval_audio=true") and not resolved("model.retrieval_audio=false")
+    assert not resolved("model.audio.name=None") and not resolved("model.audio.name=None", "model.retrieval_audio=None")
+    with pytest.raises(UserError) as error:
+        config_lib.load(f"{PRETRAIN}:tiny", ["model.audio.name=None", "model.retrieval_audio=true"])
+    assert str(error.value) == ("config key model.retrieval_audio must not be True without an audio tower "
+                                "(model.audio.name=None) (got True)")
+
+
+def test_a_run_from_before_retrieval_audio_keeps_its_video_only_embedding(tmp_path):
+    path = config_lib.write(config_lib.load(f"{PRETRAIN}:tiny"), tmp_path)
+    written = json.loads(path.read_text())
+    assert written["model"].pop("retrieval_audio") is None
+    path.write_text(json.dumps(written))
+    assert config_lib.load(str(path)).model.retrieval_audio is False

@@ -36,6 +36,7 @@ def load(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
         # a run's losses are the ones it chose)
         defaults = reference_config(config.get("preset"))
         del defaults["losses"]
+        defaults.model.retrieval_audio = False  # runs from before the key embedded the video alone
         add_missing(config, defaults)
     else:
         config = _from_file(path, arg)
@@ -103,7 +104,8 @@ def _unknown(key: str, known: Iterable[str]) -> None:
 def parse_value(key: str, text: str, expected: type) -> Any:
     """`text` as the field's declared type (any Python literal, else a string, when it is untyped None)."""
     text = text.strip()
-    if text == "None" and not issubclass(expected, (bool, int, float)):  # "none" stays a string (remat=none)
+    # "none" stays a string (remat=none); a bool may be None where its default is (model.retrieval_audio)
+    if text == "None" and (expected is bool or not issubclass(expected, (int, float))):
         return None
     try:
         if expected is bool:
@@ -168,6 +170,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(len(config.mesh.shape) == len(config.mesh.axes), "mesh.shape", "must have one entry per mesh.axes",
            config.mesh.shape)
     _check(list(config.mesh.shape).count(-1) <= 1, "mesh.shape", "may hold at most one -1", config.mesh.shape)
+    _check(not (config.model.retrieval_audio and config.model.audio.name is None), "model.retrieval_audio",
+           "must not be True without an audio tower (model.audio.name=None)", config.model.retrieval_audio)
 
 
 def check_keys_and_types(config: ml_collections.ConfigDict) -> None:
@@ -195,7 +199,7 @@ def check_keys_and_types(config: ml_collections.ConfigDict) -> None:
         for parent in parents:
             node = node[parent]
         expected = node.get_type(leaf)
-        if not _fits(value, expected):
+        if not (value is None and node[leaf] is None) and not _fits(value, expected):  # None fits a None default
             raise UserError(f"config key {key} expects {expected.__name__}, got {type(value).__name__} {value!r}")
 
 

@@ -193,7 +193,8 @@ def test_gradient_saliency_is_grad_times_input_of_the_similarity(cross_attention
 
     def similarity(p):
         def score(vlm):
-            video_emb, text_emb, scale = vlm.embed(vlm.encode_video(p)[0], vlm.encode_text(ids, mask))
+            video, sound = vlm.encode_video(p, jnp.asarray(clip.audio[None]))  # retrieval embeds the sound too
+            video_emb, text_emb, scale = vlm.embed(video, vlm.encode_text(ids, mask), sound)
             return scale * jnp.sum(video_emb * text_emb)
         return predictor.run.model.apply(predictor.variables, method=score)
 

@@ -201,7 +201,8 @@ def test_a_retrieval_run_shows_recall_per_caption_style(tmp_path, monkeypatch):
     _fake_run(workdir, {"train": {"task": "retrieval"}},
               [{"step": 1, "train/loss": 3.0},
                {"step": 2, "validation/retrieval/t2v_R@1": 5.0,
-                **{f"validation/retrieval/t2v_R@1_{style}": float(i) for i, style in enumerate(styles)}}])
+                **{f"validation/retrieval/t2v_R@{k}_{style}": float(i + k) for i, style in enumerate(styles)
+                   for k in (1, 5)}}])
     figures = _figures(monkeypatch)
     report.write_report(workdir, examples=False)
     assert "Validation accuracy per question type" not in figures

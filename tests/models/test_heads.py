@@ -50,6 +50,19 @@ def test_contrastive_head_unit_norm_and_clipped_scale():
     np.testing.assert_allclose(clipped, 100.0, rtol=1e-5)
 
 
+def test_contrastive_head_with_audio_adds_an_audio_projection_to_the_clip_side():
+    model = heads.ContrastiveHead(embed_dim=8, use_audio=True)
+    variables = init_and_grad(model, VIDEO.pooled, TEXT_POOLED, AUDIO.pooled)
+    assert set(nn.meta.unbox(variables)["params"]) == {"video_projection", "audio_projection", "text_projection",
+                                                      "log_scale"}
+    video, _, _ = model.apply(variables, VIDEO.pooled, TEXT_POOLED, AUDIO.pooled)
+    np.testing.assert_allclose(jnp.linalg.norm(video, axis=-1), 1.0, rtol=1e-5)
+    other_sound, _, _ = model.apply(variables, VIDEO.pooled, TEXT_POOLED, AUDIO.pooled[::-1])
+    assert not np.allclose(video, other_sound)
+    with pytest.raises(ValueError, match="retrieval_audio"):
+        model.apply(variables, VIDEO.pooled, method=model.embed_video)
+
+
 def test_matching_and_qa_heads():
     matching = heads.MatchingHead()
     logits = matching.apply(init_and_grad(matching, FUSED[:, 0]), FUSED[:, 0])

@@ -17,10 +17,11 @@ RNGS = {"params": jax.random.key(0), "dropout": jax.random.key(1), "masking": ja
 
 
 def make_model(video: str, text: str = "bert", audio: str | None = "audio_transformer",
-               fusion_name: str = "cross_attention", caption: str = "transformer") -> vlm.VLM:
+               fusion_name: str = "cross_attention", caption: str = "transformer",
+               retrieval_audio: bool | None = None) -> vlm.VLM:
     config = vlm.model_config("tiny")
     config.video.name, config.text.name, config.audio.name, config.fusion.name = video, text, audio, fusion_name
-    config.caption.name = caption
+    config.caption.name, config.retrieval_audio = caption, retrieval_audio
     return vlm.VLM(ml_collections.FrozenConfigDict(config), num_answers=NUM_ANSWERS)
 
 
@@ -121,3 +122,25 @@ def test_retrieval_embeddings_do_not_depend_on_the_other_modality():
     swapped_text = {**batch, "caption": other["caption"], "caption_mask": other["caption_mask"]}
     np.testing.assert_array_equal(encode(batch)["video_embedding"], encode(swapped_text)["video_embedding"])
     assert not np.allclose(encode(batch)["text_embedding"], encode(swapped_text)["text_embedding"])
+
+
+@pytest.mark.parametrize("retrieval_audio", [None, False])
+def test_the_retrieval_embedding_hears_the_audio_unless_turned_off(retrieval_audio):
+    """Two clips with the same frames and different sounds: one retrieval embedding each when retrieval reads
+    the audio (the default with an audio tower), the same one when `model.retrieval_audio=False`, whose
+    contrastive head is then the video-only head, parameter for parameter."""
+    model = make_model("cnn2d", "bow", "audio_transformer", "dual", retrieval_audio=retrieval_audio)
+    batch = make_batch()
+    batch["video"] = jnp.broadcast_to(batch["video"][:1], batch["video"].shape)
+    assert not np.allclose(batch["audio_wave"][0], batch["audio_wave"][1])
+    variables = jax.jit(lambda: model.init(RNGS, **batch))()
+    video_emb = jax.jit(lambda b: model.apply(variables, **b)["video_embedding"])(batch)
+    head = set(variables["params"]["contrastive"])
+    if retrieval_audio is None:
+        assert not np.allclose(video_emb[0], video_emb[1], atol=1e-3)
+        assert head == {"video_projection", "audio_projection", "text_projection", "log_scale"}
+    else:
+        np.testing.assert_array_equal(video_emb[0], video_emb[1])
+        silent = make_model("cnn2d", "bow", None, "dual")
+        assert jax.tree.structure(variables["params"]["contrastive"]) == jax.tree.structure(
+            jax.eval_shape(lambda: silent.init(RNGS, **batch))["params"]["contrastive"])

@@ -56,6 +56,15 @@ def test_zero_weight_drops_the_loss_and_freezes_its_head(tiny_dataset):
     assert "mvm_head" not in trained and "matching" not in trained and "mlm_head" in trained
 
 
+@pytest.mark.parametrize("task, others", [("retrieval", ()), ("pretrain", ("losses.vtm=0", "losses.mlm=0"))])
+def test_the_audio_tower_trains_when_the_retrieval_embedding_reads_it(tiny_dataset, task, others):
+    """(Pretraining's matching and MLM losses read the audio anyway: they are off here.)"""
+    hearing = steps.Settings.from_config(make_config(tiny_dataset, task, *others))
+    deaf = steps.Settings.from_config(make_config(tiny_dataset, task, *others, "model.retrieval_audio=false"))
+    assert "audio_encoder" in steps.trained_modules(hearing)
+    assert "audio_encoder" not in steps.trained_modules(deaf)
+
+
 def test_bf16_compute_keeps_float32_parameters_and_optimizer_state(tiny_dataset):
     run = loop.Run(make_config(tiny_dataset, "pretrain", "model.dtype=bfloat16"))
     state, metrics = abstract_step(run, first_batch(run))

@@ -112,14 +112,14 @@ def _broadcast(encoded, count: int):
 
 def _score_table(vlm, pixels: jax.Array, audio: jax.Array, ids: jax.Array, mask: jax.Array, qa: bool) -> jax.Array:
     """Per text row: the answer logits [B, answers] (QA), or the scaled cosine similarity [B, 1] of the clip
-    and the text (which reads no sound, as in retrieval training). One clip may face many texts."""
-    video, sound = vlm.encode_video(pixels, audio if qa else None)
+    (with its sound where retrieval embeds it) and the text. One clip may face many texts."""
+    video, sound = vlm.encode_video(pixels, audio)
     text = vlm.encode_text(ids, mask)
     count = ids.shape[0]
     video, sound = _broadcast(video, count), _broadcast(sound, count)
     if qa:
         return vlm.answer(vlm.fuse(video, sound, text)).astype(jnp.float32)
-    video_emb, text_emb, scale = vlm.embed(video, text)
+    video_emb, text_emb, scale = vlm.embed(video, text, sound)
     return (scale * jnp.sum(video_emb * text_emb, axis=-1))[:, None]
 
 

@@ -153,7 +153,7 @@ class Predictor:
 
 
 def _embed_videos(vlm, video: jax.Array, audio: jax.Array) -> jax.Array:
-    return vlm.embed_video(vlm.encode_video(video, audio)[0])
+    return vlm.embed_video(*vlm.encode_video(video, audio))
 
 
 def _embed_texts(vlm, ids: jax.Array, mask: jax.Array) -> jax.Array:

@@ -56,6 +56,7 @@ RANK_METRICS = ("MdR", "MnR")  # metric names ending so are ranks (lower is bett
 PER_KIND_METRIC = re.compile(rf"/qa/\w+_({'|'.join(moving_shapes.QA_TYPES)})$")
 PER_KIND_ACCURACY = re.compile(rf"^([^/]+)/qa/acc_({'|'.join(moving_shapes.QA_TYPES)})$")  # (split, kind)
 PER_STYLE_RECALL = re.compile(r"/retrieval/t2v_R@1_(\w+)$")  # text-to-video R@1 of one caption style (motion, ...)
+PER_STYLE_METRIC = re.compile(r"/retrieval/t2v_R@\d+_\w+$")  # every per-style recall: kept out of the main figure
 # The accuracy of a uniform guess among the answers that a question type can have (moving_shapes.questions_for):
 # 7 colours, 5 shapes, 7 motions, 4 sounds; count asks how many shapes there are (1-3) or how many move (0-3),
 # taken as 4-way. Order questions are 7-way (colour), 5-way (shape) or yes/no, so its 1/4 is approximate.
@@ -244,7 +245,7 @@ def _metrics_section(metrics: dict[int, dict[str, float]], results: dict[str, An
     parts = ["<h3>Validation metrics over steps</h3>"]
     if validation:
         plotted = [k for k in validation if not (k.endswith("loss") or PER_ANSWER_METRIC.search(k)
-                                                 or PER_KIND_METRIC.search(k) or PER_STYLE_RECALL.search(k))]
+                                                 or PER_KIND_METRIC.search(k) or PER_STYLE_METRIC.search(k))]
         if plotted:  # losses are on the loss figure, breakdowns on figures of their own
             parts.append(_figure_img(_validation_figure(metrics, plotted), "validation metrics over steps"))
         parts.extend(_breakdown_figures(metrics, validation))

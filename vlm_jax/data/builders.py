@@ -101,8 +101,8 @@ class MovingShapes(tfds.core.GeneratorBasedBuilder):
             "sound": tfds.features.Text(),
         }
         metadata = tfds.core.MetadataDict(
-            answers=list(ms.ANSWERS), question_types=list(ms.QA_TYPES), fps=spec.fps, sample_rate=spec.sample_rate,
-            novel_combos=sorted(map(list, ms.NOVEL_COMBOS)))
+            answers=list(ms.ANSWERS), question_types=list(ms.QA_TYPES), caption_styles=list(ms.CAPTION_STYLES),
+            fps=spec.fps, sample_rate=spec.sample_rate, novel_combos=sorted(map(list, ms.NOVEL_COMBOS)))
         return tfds.core.DatasetInfo(
             builder=self, description=ms.__doc__,
             features=clip_features(spec.num_frames, spec.image_size, spec.num_samples, extra), metadata=metadata)

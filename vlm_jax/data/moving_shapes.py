@@ -40,7 +40,8 @@ COUNT_WORDS = ("zero", "one", "two", "three")
 QA_TYPES = ("colour", "shape", "count", "direction", "order", "sound", "yesno")
 ANSWERS = COLOUR_NAMES + SHAPES + COUNT_WORDS + MOTIONS + SOUNDS + ("yes", "no")
 MAX_OBJECTS = 3
-NUM_CAPTIONS = 4
+CAPTION_STYLES = ("motion", "count", "sound", "size")  # what each of a clip's captions (in this order) is about
+NUM_CAPTIONS = len(CAPTION_STYLES)
 NUM_CHOICES = 4
 
 # Attribute-motion pairs that never occur in train/validation/test. Every
@@ -352,7 +353,7 @@ def _motion_sentence(scene: Scene, k: int, with_size: bool = False) -> str:
 
 
 def captions_for(scene: Scene, styles: tuple[int, int, int, int]) -> list[str]:
-    """Four true captions: motion, count, sound and size focused, in the given synonym styles."""
+    """The true captions, one per `CAPTION_STYLES` in its order, in the given synonym styles."""
     count = len(scene.objects)
     noun = "shape" if count == 1 else "shapes"
     return [

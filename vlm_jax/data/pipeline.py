@@ -94,14 +94,17 @@ def build_request(config) -> builders.BuildRequest:
 
 @dataclasses.dataclass(frozen=True)
 class Vocabulary:
-    """The answer and question-type vocabularies the data set declares."""
+    """The answer and question-type vocabularies the data set declares, and the style of each caption slot
+    where it names them (moving_shapes: the k-th caption of every clip is in style k; empty otherwise)."""
     answers: tuple[str, ...]
     question_types: tuple[str, ...]
+    caption_styles: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, dataset: Any) -> "Vocabulary":
         meta = dataset.info.metadata or {}
-        return cls(tuple(meta.get("answers", ())), tuple(meta.get("question_types", ())))
+        return cls(tuple(meta.get("answers", ())), tuple(meta.get("question_types", ())),
+                   tuple(meta.get("caption_styles", ())))
 
 
 def num_answers(config) -> int:

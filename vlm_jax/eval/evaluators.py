@@ -84,7 +84,9 @@ def _encoded_from(prefix: str, arrays: dict) -> Encoded | None:
 
 
 class RetrievalEvaluator(_Evaluator):
-    """Text-to-video and video-to-text recall@1/5/10, median and mean rank over every caption of the split.
+    """Text-to-video and video-to-text recall@1/5/10, median and mean rank over every caption of the split;
+    text-to-video R@1 and R@5 per caption style too (`t2v_R@1_<style>`) where the data set names the style of
+    each caption slot (`Vocabulary.caption_styles`).
 
     With `eval.rerank_k` > 0, each caption's top k videos by embedding similarity are re-ordered by the
     matching (VTM) head on the fused pair, as ALPRO and UMT do (keys `t2v_rerank_R@1`, ...); they stay
@@ -107,7 +109,8 @@ class RetrievalEvaluator(_Evaluator):
         clips, captions, length = batch["captions"].shape
         text = vlm.encode_text(batch["captions"].reshape(clips * captions, length),
                                batch["caption_masks"].reshape(clips * captions, length))
-        video_emb, text_emb, _ = vlm.embed(repeat_encoded(video, captions), text)  # the head projects both at once
+        # the head projects both sides at once
+        video_emb, text_emb, _ = vlm.embed(repeat_encoded(video, captions), text, repeat_encoded(audio, captions))
         out = {"video_emb": video_emb[::captions], "text_emb": text_emb.reshape(clips, captions, -1),
                "valid": batch["valid"], "caption_valid": batch["caption_valid"]}
         if keep_tokens:
@@ -128,7 +131,10 @@ class RetrievalEvaluator(_Evaluator):
         caption_valid = out["caption_valid"][valid]
         clip_of_caption = np.broadcast_to(np.arange(len(video_emb))[:, None], caption_valid.shape)
         keep = caption_valid.astype(bool)
-        scores = metrics.retrieval_metrics(video_emb, text_emb[keep], clip_of_caption[keep])
+        style_of_caption = np.broadcast_to(np.arange(caption_valid.shape[1])[None, :], caption_valid.shape)
+        scores = metrics.retrieval_metrics(video_emb, text_emb[keep], clip_of_caption[keep],
+                                           text_style=style_of_caption[keep],
+                                           style_names=self.run.vocabulary.caption_styles)
         result = {f"retrieval/{k}": v for k, v in scores.items()}
         if self.rerank_k > 0:
             clips = {k: v[valid] for k, v in out.items() if k.startswith(("video_", "audio_")) and k != "video_emb"}
@@ -224,8 +230,8 @@ class RecommendEvaluator(_Evaluator):
 
     @staticmethod
     def forward(vlm, batch: dict) -> dict:
-        video, _ = vlm.encode_video(batch["video"], None)
-        return {"video_emb": vlm.embed_video(video), "index": batch["index"], "valid": batch["valid"]}
+        video, audio = vlm.encode_video(batch["video"], batch.get("audio"))
+        return {"video_emb": vlm.embed_video(video, audio), "index": batch["index"], "valid": batch["valid"]}
 
     def __call__(self, state: TrainState, split: str) -> dict[str, float]:
         attributes = pipeline.clip_attributes(self.run.spec, split)

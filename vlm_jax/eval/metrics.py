@@ -38,17 +38,25 @@ def recall_at_k(rank: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[str, f
 
 
 def retrieval_metrics(video_emb: np.ndarray, text_emb: np.ndarray, text_video: np.ndarray,
-                      ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+                      ks: Sequence[int] = (1, 5, 10), text_style: np.ndarray | None = None,
+                      style_names: Sequence[str] = (), style_ks: Sequence[int] = (1, 5)) -> dict[str, float]:
     """Text-to-video and video-to-text retrieval over a whole split.
 
     video_emb [V, E], text_emb [T, E] (unit norm), text_video [T]: the index of each text's video.
     t2v: each text queries all videos (one positive). v2t: each video queries all texts; any of its own
     captions counts (the MSR-VTT multi-caption protocol). Keys `t2v_R@1`, ..., `v2t_MnR`.
+    With `text_style` [T] (an index into `style_names`), also `t2v_R@<k>_<style>` for `style_ks` (each text
+    still ranked against every video): which kinds of caption the model matches, and which it does not.
     """
     text_video = np.asarray(text_video)
     similarity = np.asarray(text_emb, np.float64) @ np.asarray(video_emb, np.float64).T  # [T, V]
     t2v_pos = text_video[:, None] == np.arange(len(video_emb))[None, :]
-    out = {f"t2v_{k}": v for k, v in recall_at_k(ranks(similarity, t2v_pos), ks).items()}
+    t2v = ranks(similarity, t2v_pos)
+    out = {f"t2v_{k}": v for k, v in recall_at_k(t2v, ks).items()}
+    for index, style in enumerate(style_names):
+        of_style = np.asarray(text_style) == index
+        if of_style.any():
+            out.update({f"t2v_R@{k}_{style}": 100.0 * float(np.mean(t2v[of_style] <= k)) for k in style_ks})
     has_text = t2v_pos.any(axis=0)
     v2t = ranks(similarity.T[has_text], t2v_pos.T[has_text])
     out.update({f"v2t_{k}": v for k, v in recall_at_k(v2t, ks).items()})

@@ -29,29 +29,44 @@ class ContrastiveHead(nn.Module):
     The scale is stored as a log (init log(1/temperature)) and clipped at `max_scale` when used, as CLIP
     does, so it cannot grow until the softmax saturates. `__call__` returns float32 (video_emb, text_emb,
     scale); `embed_video` / `embed_text` project one side alone (search indexes and queries).
+
+    With `use_audio`, the clip's embedding is the normalised sum of the video projection and a separate
+    `audio_projection` of the pooled audio, so a caption that names a sound can match on it. The sum equals
+    one projection of the concatenated vectors, but keeps `video_projection` as a video-only head has it.
     """
     embed_dim: int = 256
     temperature: float = 0.07
     max_scale: float = 100.0
+    use_audio: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     def setup(self):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, use_bias=False)
         self.video_projection = dense(self.embed_dim, ("mlp", "embed"), **kw)
+        if self.use_audio:
+            self.audio_projection = dense(self.embed_dim, ("mlp", "embed"), **kw)
         self.text_projection = dense(self.embed_dim, ("mlp", "embed"), **kw)
         self.log_scale = self.param("log_scale", logical(nn.initializers.constant(math.log(1 / self.temperature)),
                                                          ()), (), self.param_dtype)
 
-    def embed_video(self, video_pooled: jax.Array) -> jax.Array:
-        return l2_normalize(self.video_projection(video_pooled))
+    def embed_video(self, video_pooled: jax.Array, audio_pooled: jax.Array | None = None) -> jax.Array:
+        """The clip's unit-norm embedding; `audio_pooled` is required with `use_audio` and ignored without."""
+        projected = self.video_projection(video_pooled)
+        if self.use_audio:
+            if audio_pooled is None:
+                raise ValueError("this contrastive head embeds the audio too (model.retrieval_audio); pass the "
+                                 "encoded audio")
+            projected = projected + self.audio_projection(audio_pooled)
+        return l2_normalize(projected)
 
     def embed_text(self, text_pooled: jax.Array) -> jax.Array:
         return l2_normalize(self.text_projection(text_pooled))
 
-    def __call__(self, video_pooled: jax.Array, text_pooled: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def __call__(self, video_pooled: jax.Array, text_pooled: jax.Array,
+                 audio_pooled: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
         scale = jnp.exp(jnp.minimum(self.log_scale.astype(jnp.float32), math.log(self.max_scale)))
-        return self.embed_video(video_pooled), self.embed_text(text_pooled), scale
+        return self.embed_video(video_pooled, audio_pooled), self.embed_text(text_pooled), scale
 
 
 class MatchingHead(nn.Module):

@@ -94,6 +94,8 @@ def model_config(size: str) -> ml_collections.ConfigDict:
         "dtype": "float32",
         "param_dtype": "float32",
         "embed_dim": heads_size["embed_dim"],
+        # retrieval embeds the clip's audio with its video: None follows the audio tower (on iff model.audio.name)
+        "retrieval_audio": ml_collections.config_dict.placeholder(bool),
         "video": video,
         "text": {"name": "bert", **blocks["text"]},
         "audio": {"name": "audio_transformer", **blocks["audio"]},
@@ -112,6 +114,12 @@ def model_config(size: str) -> ml_collections.ConfigDict:
 def _kwargs(block: Any) -> dict:
     """A config block as constructor keyword arguments (JSON lists become the tuples modules expect)."""
     return {k: tuple(v) if isinstance(v, list) else v for k, v in dict(block).items()}
+
+
+def retrieval_uses_audio(config: ml_collections.ConfigDict) -> bool:
+    """`model.retrieval_audio` resolved: None means "whenever there is an audio tower"."""
+    setting = config.retrieval_audio
+    return bool(config.audio.name) if setting is None else setting
 
 
 def caption_decoder(config: ml_collections.FrozenConfigDict, decode: bool = False) -> nn.Module:
@@ -138,7 +146,7 @@ class VLM(nn.Module):
                               if cfg.audio.name else None)
         fusion_kwargs = {k: v for k, v in _kwargs(cfg.fusion).items() if k != "name"}
         self.fusion = fusion.FUSIONS[cfg.fusion.name](**fusion_kwargs, **kw)
-        self.contrastive = heads.ContrastiveHead(embed_dim=cfg.embed_dim, **kw)
+        self.contrastive = heads.ContrastiveHead(embed_dim=cfg.embed_dim, use_audio=retrieval_uses_audio(cfg), **kw)
         self.matching = heads.MatchingHead(**kw)
         self.mlm_head = heads.MlmHead(**kw)
         mvm = _kwargs(cfg.mvm)
@@ -165,13 +173,15 @@ class VLM(nn.Module):
 
     # ------------------------------------------------------------------ heads
 
-    def embed(self, video: Encoded, text: Encoded) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Unit-norm retrieval embeddings of both towers and the contrastive logit scale."""
-        return self.contrastive(video.pooled, text.pooled)
+    def embed(self, video: Encoded, text: Encoded,
+              audio: Encoded | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Unit-norm retrieval embeddings of both sides and the contrastive logit scale; the clip's side
+        includes `audio` when `model.retrieval_audio` resolves to on (which then requires it)."""
+        return self.contrastive(video.pooled, text.pooled, None if audio is None else audio.pooled)
 
-    def embed_video(self, video: Encoded) -> jax.Array:
-        """The unit-norm retrieval embedding of the video tower's output alone (search index entries)."""
-        return self.contrastive.embed_video(video.pooled)
+    def embed_video(self, video: Encoded, audio: Encoded | None = None) -> jax.Array:
+        """The unit-norm retrieval embedding of a clip alone (search index entries), as `embed` makes it."""
+        return self.contrastive.embed_video(video.pooled, None if audio is None else audio.pooled)
 
     def embed_text(self, text: Encoded) -> jax.Array:
         """The unit-norm retrieval embedding of the text tower's output alone (search queries)."""
@@ -206,7 +216,7 @@ class VLM(nn.Module):
         """Every part once, on one batch: what init traces, and what the tests check end to end."""
         video_tokens, audio_tokens = self.encode_video(video, audio_wave, train=train)
         caption_tokens = self.encode_text(caption, caption_mask, train=train)
-        video_emb, text_emb, scale = self.embed(video_tokens, caption_tokens)
+        video_emb, text_emb, scale = self.embed(video_tokens, caption_tokens, audio_tokens)
         fused_caption = self.fuse(video_tokens, audio_tokens, caption_tokens, train=train)
         fused_question = self.fuse(video_tokens, audio_tokens, self.encode_text(question, question_mask,
                                                                                 train=train), train=train)

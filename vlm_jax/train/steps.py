@@ -6,7 +6,7 @@ A task is a loss function `(vlm, batch, rng, settings, train) -> (loss, metrics)
 - `pretrain`: the config-weighted sum of contrastive (InfoNCE over the global batch), video-text matching
   (negatives mined from the contrastive similarities plus the data's own hard-negative captions), masked
   language modelling conditioned on the video, and masked video modelling;
-- `retrieval`: contrastive finetuning;
+- `retrieval`: contrastive finetuning (the clip's side with its audio when `model.retrieval_audio` is on);
 - `caption`: teacher-forced cross-entropy with label smoothing;
 - `qa`: answer classification plus multiple choice over each question's candidates, for every question
   the batch holds per clip (the video encoded once).
@@ -31,7 +31,7 @@ import optax
 from vlm_jax.errors import UserError
 from vlm_jax.models import heads
 from vlm_jax.models.layers import Encoded
-from vlm_jax.models.vlm import VLM
+from vlm_jax.models.vlm import VLM, retrieval_uses_audio
 from vlm_jax.train import losses
 from vlm_jax.train.state import TrainState
 
@@ -46,11 +46,13 @@ TASK_LOSSES = {"pretrain": PRETRAIN_LOSSES, "retrieval": ("contrastive",), "capt
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """What the losses read from the config: the task, its loss weights and the masking ratios."""
+    """What the losses read from the config: the task, its loss weights, the masking ratios and whether the
+    retrieval embedding reads the audio (`model.retrieval_audio`, resolved)."""
     task: str
     weights: tuple[tuple[str, float], ...]  # (loss name, weight); weight 0 skips the loss entirely
     mlm_ratio: float = 0.15
     caption_label_smoothing: float = 0.1
+    retrieval_audio: bool = False
 
     @classmethod
     def from_config(cls, config) -> "Settings":
@@ -59,7 +61,8 @@ class Settings:
             raise UserError(f"config key train.task must be one of {', '.join(TASKS)} (got {task!r})")
         weights = tuple((name, float(weight)) for name, weight in sorted(config.losses.items()))
         return cls(task=task, weights=weights, mlm_ratio=float(config.train.mlm_ratio),
-                   caption_label_smoothing=float(config.train.caption_label_smoothing))
+                   caption_label_smoothing=float(config.train.caption_label_smoothing),
+                   retrieval_audio=retrieval_uses_audio(config.model))
 
     def weight(self, name: str) -> float:
         return dict(self.weights).get(name, 0.0)
@@ -103,7 +106,7 @@ def pretrain_loss(vlm: VLM, batch: Batch, rng: jax.Array, settings: Settings, tr
     text = vlm.encode_text(batch["caption"], batch["caption_mask"], train=train)
     terms, metrics = {}, {}
 
-    video_emb, text_emb, scale = vlm.embed(video, text)
+    video_emb, text_emb, scale = vlm.embed(video, text, audio)
     if settings.weight("contrastive"):
         terms["contrastive"], parts = losses.contrastive_loss(video_emb, text_emb, scale, valid)
         _add(metrics, "contrastive", terms["contrastive"], parts)
@@ -148,9 +151,9 @@ def pretrain_loss(vlm: VLM, batch: Batch, rng: jax.Array, settings: Settings, tr
 
 
 def retrieval_loss(vlm: VLM, batch: Batch, rng: jax.Array, settings: Settings, train: bool) -> tuple[jax.Array, Metrics]:
-    video, _ = vlm.encode_video(batch["video"], None, train=train)
+    video, audio = vlm.encode_video(batch["video"], _audio(batch), train=train)
     text = vlm.encode_text(batch["caption"], batch["caption_mask"], train=train)
-    video_emb, text_emb, scale = vlm.embed(video, text)
+    video_emb, text_emb, scale = vlm.embed(video, text, audio)
     loss, parts = losses.contrastive_loss(video_emb, text_emb, scale, batch["caption_valid"].astype(bool))
     metrics = {"logit_scale": scale}
     _add(metrics, "contrastive", loss, parts)
@@ -195,15 +198,16 @@ LOSSES: dict[str, Callable[..., tuple[jax.Array, Metrics]]] = {
 def trained_modules(settings: Settings) -> set[str]:
     """The top-level modules whose parameters the task's losses reach; the loop freezes the others, so that
     weight decay does not shrink heads that get no gradient (and they cost no optimizer memory)."""
+    contrastive = {"contrastive", "audio_encoder"} if settings.retrieval_audio else {"contrastive"}
     if settings.task == "retrieval":
-        return {"video_encoder", "text_encoder", "contrastive"}
+        return {"video_encoder", "text_encoder"} | contrastive
     if settings.task == "caption":
         return {"video_encoder", "audio_encoder", "caption_decoder"}
     if settings.task == "qa":
         return {"video_encoder", "audio_encoder", "text_encoder", "fusion", "qa_head"}
     used = {"video_encoder", "text_encoder"}
     if settings.weight("contrastive"):
-        used |= {"contrastive"}
+        used |= contrastive
     if settings.weight("vtm"):
         used |= {"audio_encoder", "fusion", "matching"}
     if settings.weight("mlm"):
