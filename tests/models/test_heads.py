@@ -55,9 +55,16 @@ def test_contrastive_head_with_audio_adds_an_audio_projection_to_the_clip_side()
     variables = init_and_grad(model, VIDEO.pooled, TEXT_POOLED, AUDIO.pooled)
     assert set(nn.meta.unbox(variables)["params"]) == {"video_projection", "audio_projection", "text_projection",
                                                       "log_scale"}
+    params = nn.meta.unbox(variables)["params"]
+    video_only = heads.ContrastiveHead(embed_dim=8).apply({"params": {k: v for k, v in params.items()
+                                                                       if k != "audio_projection"}}, VIDEO.pooled,
+                                                          method="embed_video")
     video, _, _ = model.apply(variables, VIDEO.pooled, TEXT_POOLED, AUDIO.pooled)
+    np.testing.assert_array_equal(video, video_only)  # the audio projection starts at zero
+    trained = {**params, "audio_projection": {"kernel": jax.random.normal(_keys[0], (8, 8))}}
+    video, _, _ = model.apply({"params": trained}, VIDEO.pooled, TEXT_POOLED, AUDIO.pooled)
     np.testing.assert_allclose(jnp.linalg.norm(video, axis=-1), 1.0, rtol=1e-5)
-    other_sound, _, _ = model.apply(variables, VIDEO.pooled, TEXT_POOLED, AUDIO.pooled[::-1])
+    other_sound, _, _ = model.apply({"params": trained}, VIDEO.pooled, TEXT_POOLED, AUDIO.pooled[::-1])
     assert not np.allclose(video, other_sound)
     with pytest.raises(ValueError, match="retrieval_audio"):
         model.apply(variables, VIDEO.pooled, method=model.embed_video)

@@ -32,7 +32,9 @@ class ContrastiveHead(nn.Module):
 
     With `use_audio`, the clip's embedding is the normalised sum of the video projection and a separate
     `audio_projection` of the pooled audio, so a caption that names a sound can match on it. The sum equals
-    one projection of the concatenated vectors, but keeps `video_projection` as a video-only head has it.
+    one projection of the concatenated vectors, but keeps `video_projection` as a video-only head has it; and
+    `audio_projection` starts at zero, so the embedding starts as the video-only one and the audio weighs in
+    only as far as training finds it useful (captions that do not name a sound stay matched on the video).
     """
     embed_dim: int = 256
     temperature: float = 0.07
@@ -45,7 +47,8 @@ class ContrastiveHead(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, use_bias=False)
         self.video_projection = dense(self.embed_dim, ("mlp", "embed"), **kw)
         if self.use_audio:
-            self.audio_projection = dense(self.embed_dim, ("mlp", "embed"), **kw)
+            self.audio_projection = dense(self.embed_dim, ("mlp", "embed"), kernel_init=nn.initializers.zeros_init(),
+                                          **kw)
         self.text_projection = dense(self.embed_dim, ("mlp", "embed"), **kw)
         self.log_scale = self.param("log_scale", logical(nn.initializers.constant(math.log(1 / self.temperature)),
                                                          ()), (), self.param_dtype)
