@@ -18,19 +18,19 @@ def single_object_dataset(tmp_path_factory):
 
 @pytest.mark.parametrize("encoder", ["vivit_joint", "single_frame"])
 def test_direction_on_single_object_clips_is_learnt_only_by_a_model_that_sees_time(encoder, single_object_dataset):
-    run = single_object_run(single_object_dataset, *ENCODERS[encoder], "train.num_steps=300")
+    run = single_object_run(single_object_dataset, *ENCODERS[encoder], "train.batch_size=16", "train.num_steps=300")
     accuracy = learnt(run, 300, "direction")
     if encoder == "single_frame":
-        assert accuracy < MOTION_BLIND_DIRECTION + 0.08
+        assert accuracy < MOTION_BLIND_DIRECTION + 0.08  # measured 0.29
     else:
-        assert accuracy > 0.5  # 7 motions; measured 0.71
+        assert accuracy > MOTION_BLIND_DIRECTION + 0.15  # measured 0.54 (0.71 with 32 clips a step)
 
 
 @pytest.mark.parametrize("audio", ["audio_transformer", "None"])
 def test_sound_is_heard_with_the_audio_tower_and_not_without(audio, single_object_dataset):
-    run = single_object_run(single_object_dataset, *ENCODERS["vivit_joint"], "train.num_steps=80",
+    run = single_object_run(single_object_dataset, *ENCODERS["vivit_joint"], "train.num_steps=60",
                             f"model.audio.name={audio}")
-    accuracy = learnt(run, 80, "sound")
+    accuracy = learnt(run, 60, "sound")
     if audio == "None":
         assert accuracy < 0.4  # 4 sounds: a guess from the question alone (measured 0.30)
     else:
