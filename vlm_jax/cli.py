@@ -514,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     research = commands.add_parser("research", help="train every encoder / fusion / audio variant and tabulate "
                                                     "retrieval, QA per type and CIDEr")
-    research.add_argument("--preset", default="small", help="tiny, small or base")
+    research.add_argument("--preset", default="small", help="tiny, cpu (a 2-core machine), small or base")
     research.add_argument("--out", required=True, help="runs go to OUT/<variant>/{pretrain,qa,caption}")
     research.add_argument("--variants", help="comma-separated subset (default all)")
     research.add_argument("--steps", type=_positive_int, help="pretraining steps (finetuning: half); default the preset's")
