@@ -2,7 +2,7 @@
 pipeline and QA evaluator, that fail when a model cannot learn what moving_shapes tests.
 
 The rungs: every video encoder memorises one fixed batch on every question type (a model that cannot
-fit 8 clips cannot learn anything; `test_ladder_overfit.py`); on single-object clips a temporal model
+fit 4 clips cannot learn anything; `test_ladder_overfit.py`); on single-object clips a temporal model
 tells the direction of motion apart while `single_frame`, which sees one frame, cannot; the sound is
 heard with the audio tower and not without it (`test_ladder_time_and_sound.py`).
 """

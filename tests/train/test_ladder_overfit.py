@@ -8,7 +8,7 @@ from vlm_jax.data import pipeline
 
 @pytest.mark.parametrize("encoder", ENCODERS)
 def test_each_video_encoder_overfits_one_batch_on_every_question_type(encoder, tiny_dataset):
-    run = run_from_scratch(tiny_dataset, *ENCODERS[encoder], "train.batch_size=8", "optim.learning_rate=1e-3",
+    run = run_from_scratch(tiny_dataset, *ENCODERS[encoder], "train.batch_size=4", "optim.learning_rate=1e-3",
                            "train.num_steps=100")
     batch = next(iter(pipeline.train_dataset(run.spec)))
     state = train(run, [batch] * 100)
