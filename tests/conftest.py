@@ -28,9 +28,18 @@ def run_vlm(*args: str, check: bool = True, timeout: float = 600) -> subprocess.
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """The real `tiny` moving_shapes build (576 clips, 16 frames at 64 px)."""
-    data_dir = tmp_path_factory.mktemp("data")
-    result = run_vlm("data", "build", "moving_shapes", "--data_dir", str(data_dir), "--size", "tiny")
+    return build_dataset(tmp_path_factory.mktemp("data"), "--size", "tiny")
+
+
+def build_dataset(data_dir: Path, *flags: str) -> Path:
+    """`vlm data build moving_shapes FLAGS` into data_dir; returns the built data set's path."""
+    result = run_vlm("data", "build", "moving_shapes", "--data_dir", str(data_dir), *flags)
     return Path(json.loads(result.stdout[result.stdout.index("\n{") + 1:])["path"])
+
+
+def data_dir_of(dataset: Path) -> Path:
+    """The data_dir a built data set lives in: <data_dir>/moving_shapes/<config>/<version>."""
+    return dataset.parent.parent.parent
 
 
 # `vlm train` overrides that shrink the tiny preset until a step compiles in seconds: the same code paths
@@ -57,8 +66,7 @@ def compilation_cache(tmp_path_factory):
 
 def train_args(dataset: Path, workdir: Path, *overrides: str, config: str = "configs/pretrain.py:tiny") -> list[str]:
     """`vlm train` arguments for the micro model on the session's tiny data set."""
-    data_dir = dataset.parent.parent.parent  # <data_dir>/moving_shapes/<config>/<version>
-    return ["train", "--config", config, "--workdir", str(workdir), f"--config.data.data_dir={data_dir}",
+    return ["train", "--config", config, "--workdir", str(workdir), f"--config.data.data_dir={data_dir_of(dataset)}",
             *(f"--config.{o}" for o in (*MICRO, *overrides))]
 
 

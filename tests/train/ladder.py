@@ -8,13 +8,12 @@ heard with the audio tower and not without it (`test_ladder_time_and_sound.py`).
 """
 
 import itertools
-import json
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from conftest import run_vlm
+from conftest import build_dataset, data_dir_of
 from vlm_jax import config as config_lib
 from vlm_jax.data import pipeline
 from vlm_jax.eval import evaluators
@@ -45,14 +44,12 @@ def build_single_object_dataset(data_dir: Path) -> Path:
     """Build SINGLE_OBJECT through the CLI into data_dir; returns the data set's path."""
     flags = {"size": "--size", "build_frames": "--num_frames", "build_image_size": "--image_size",
              "shape_scale": "--shape_scale", "max_objects": "--max_objects"}
-    result = run_vlm("data", "build", "moving_shapes", "--data_dir", str(data_dir),
-                     *(str(part) for key, value in SINGLE_OBJECT.items() for part in (flags[key], value)))
-    return Path(json.loads(result.stdout[result.stdout.index("\n{") + 1:])["path"])
+    return build_dataset(data_dir, *(str(part) for key, value in SINGLE_OBJECT.items() for part in (flags[key], value)))
 
 
 def run_from_scratch(dataset: Path, *overrides: str) -> loop.Run:
-    data_dir = dataset.parent.parent.parent  # <data_dir>/moving_shapes/<config>/<version>
-    config = config_lib.load("configs/finetune_qa.py:tiny", [*LADDER, f"data.data_dir={data_dir}", *overrides])
+    overrides = [*LADDER, f"data.data_dir={data_dir_of(dataset)}", *overrides]
+    config = config_lib.load("configs/finetune_qa.py:tiny", overrides)
     return loop.Run(config)
 
 
