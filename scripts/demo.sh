@@ -82,8 +82,7 @@ for name, results in (("pretraining", pretrain), ("QA finetuning", qa), ("captio
     print(f"{name}: {results['train/steps']:.0f} steps" + (f", {speed:.1f} clips/s" if speed else ""))
 PY
 echo "== 11. video QA from scratch at the cpu preset with the cnn2d encoder (8 frames of 32 px, 750 steps): what it learns, per question type"
-vlm train --config configs/finetune_qa.py:cpu --workdir "$OUT/qa_cpu" --config.data.data_dir="$DATA_DIR" \
-  --config.model.video.name=cnn2d
+vlm train --config configs/finetune_qa.py:cpu --workdir "$OUT/qa_cpu" --config.data.data_dir="$DATA_DIR"
 python - "$OUT/qa_cpu" <<'PY'
 import json, sys
 from vlm_jax.apps.report import QA_CHANCE

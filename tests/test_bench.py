@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MICRO
+from conftest import MICRO, data_dir_of
 from vlm_jax import bench
 
 FSDP = bench.MEMORY_FSDP
 
 
 def _data_dir(dataset: Path) -> str:
-    return str(dataset.parent.parent.parent)  # <data_dir>/moving_shapes/<config>/<version>
+    return str(data_dir_of(dataset))
 
 
 def test_state_per_device_shrinks_with_fsdp(tiny_dataset):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import MICRO, REPO, run_vlm, train_args
+from conftest import MICRO, REPO, data_dir_of, run_vlm, train_args
 from vlm_jax.errors import UserError
 
 STEPS = 4
@@ -32,7 +32,7 @@ def dual_qa_run(tiny_dataset, tmp_path_factory):
     from vlm_jax import config as config_lib
     from vlm_jax.apps import predictor as predictor_lib
     from vlm_jax.train.loop import Run
-    data_dir = tiny_dataset.parent.parent.parent
+    data_dir = data_dir_of(tiny_dataset)
     config = config_lib.load(str(REPO / "configs/finetune_qa.py") + ":tiny", [
         f"data.data_dir={data_dir}", *MICRO, "model.fusion.name=dual", "model.video.name=single_frame"])
     run = Run(config)
@@ -228,7 +228,7 @@ def test_auto_takes_attention_only_where_it_can_point_in_space(tiny_dataset, ove
     from vlm_jax.apps import explain
     from vlm_jax.train.loop import Run
     config = config_lib.load(str(REPO / "configs/pretrain.py") + ":tiny", [
-        f"data.data_dir={tiny_dataset.parent.parent.parent}", *MICRO, *overrides])
+        f"data.data_dir={data_dir_of(tiny_dataset)}", *MICRO, *overrides])
     assert explain.resolve_method(Run(config), "auto") == method
 
 

@@ -10,6 +10,7 @@ import re
 import numpy as np
 import pytest
 
+from conftest import data_dir_of
 from vlm_jax import config as config_lib
 from vlm_jax.data import builders, pipeline, tokenizer
 from vlm_jax.errors import TrainingFault, UserError
@@ -140,7 +141,7 @@ def test_a_split_smaller_than_one_batch_fails_fast(tiny_dataset):
 
 
 def _seed_config(tiny_dataset, *overrides):
-    data_dir = tiny_dataset.parent.parent.parent
+    data_dir = data_dir_of(tiny_dataset)
     return config_lib.load("configs/seed_baseline.py:tiny", [
         f"data.data_dir={data_dir}", "data.num_frames=4", "data.image_size=32", "data.max_text_len=16",
         "train.batch_size=8", "train.num_steps=6", "train.log_every=3", "train.eval_every=0", "eval.splits=()",

@@ -103,3 +103,20 @@ def test_sizes_build_for_64px_16_frame_clips(size):
     out = jax.eval_shape(lambda: model.apply(model.init(KEY, jnp.zeros((1, 16, 64, 64, 3))),
                                              jnp.zeros((1, 16, 64, 64, 3))))
     assert out.tokens.shape == (1, 16 * SIZES[size]["grid"] ** 2, SIZES[size]["embed_dim"])
+
+
+def test_the_motion_stream_sees_the_order_of_frames():
+    """With frame_difference, a second trunk reads each frame's change since the previous one, so even
+    temporal="mean" tokens depend on the order beyond their frame positions (without it, see
+    test_frame_order, reordering only moves the tokens)."""
+    model = tiny(temporal="mean", frame_difference=True)
+    variables, out = init_and_apply(model)
+    assert set(variables["params"]) >= {"trunk", "motion_trunk"}
+    reversed_order = np.arange(VIDEO.shape[1])[::-1]
+    shuffled = jax.jit(model.apply)(variables, VIDEO[:, reversed_order])
+    frame_positions = np.asarray(variables["params"]["frame_positions"].value)[:VIDEO.shape[1]]
+    cells = lambda tokens: np.asarray(tokens).reshape(2, VIDEO.shape[1], -1, tokens.shape[-1])
+    moved = cells(out.tokens)[:, reversed_order] - frame_positions[reversed_order][None, :, None] \
+        + frame_positions[None, :, None]
+    assert np.abs(cells(shuffled.tokens) - moved).max() > 1e-2
+    assert_encoder_gradients_reach_every_parameter(model, variables, VIDEO)

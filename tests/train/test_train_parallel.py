@@ -55,7 +55,7 @@ import pytest
 
 if __name__ == "__main__":  # run as the 8-device script: conftest is one folder up
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import MICRO, REPO, train_args, train_losses
+from conftest import MICRO, REPO, data_dir_of, train_args, train_losses
 
 CONFIG = "configs/pretrain.py:tiny"
 # One LR schedule for runs of 3 and 6 steps; no warmup, so step 1 already moves the weights.
@@ -177,7 +177,7 @@ class Runs:
         return workdir
 
     def _script(self, parts: list[str]) -> dict:
-        spec = {"overrides": [*MICRO, *COMMON, f"data.data_dir={self.dataset.parent.parent.parent}"],
+        spec = {"overrides": [*MICRO, *COMMON, f"data.data_dir={data_dir_of(self.dataset)}"],
                 "parts": parts}
         process = self._start([sys.executable, __file__, json.dumps(spec)], _env(8, self.cache))
         return json.loads(self._finish(process, f"the 8-device script {parts}").strip().splitlines()[-1])

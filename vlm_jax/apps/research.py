@@ -35,7 +35,8 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "cnn_rnn": (("model.video.name=cnn_rnn",), ()),
     "single_frame": (("model.video.name=single_frame",), ()),
     # Fusion and audio variants change the preset's default model: ViViT (factorised at tiny, joint from
-    # small on) with cross-attention fusion and audio, so its ViViT row is their cross-attention / audio row.
+    # small on; cnn2d at cpu) with cross-attention fusion and audio, so that encoder's row is their
+    # cross-attention / audio row.
     "fusion_dual": (("model.fusion.name=dual",), ("losses.vtm=0", "losses.mlm=0")),
     "fusion_concat": (("model.fusion.name=concat_early",), ()),
     "no_audio": (("model.audio.name=None",), ()),

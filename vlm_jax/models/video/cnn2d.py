@@ -116,7 +116,9 @@ class CNN2D(nn.Module):
     average: a bag of frames in the pooled vector, while the tokens still say where and when each cell
     is, for a fusion that attends to them. temporal="transformer": a small transformer over every
     token of the clip (joint space-time attention); tokens are its outputs and pooled is their mean.
-    `train` only switches the transformer's dropout on.
+    frame_difference: a second trunk of the same shape sees each frame's change since the previous one
+    and its cells join the appearance cells (TSN's two streams): motion gets its own features instead of
+    sharing the appearance trunk's. `train` only switches the transformer's dropout on.
     """
     embed_dim: int = 256
     stem_width: int = 32
@@ -146,11 +148,14 @@ class CNN2D(nn.Module):
             raise ValueError(f"{video.shape[1]} frames exceed max_frames={self.max_frames}")
         batch, frames = video.shape[:2]
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        if self.frame_difference:  # each frame with its change since the previous one (TSN's RGB difference)
+        def trunk(pixels: jax.Array, name: str) -> jax.Array:
+            cnn = FrameCNN(self.stem_width, self.widths, self.depths, self.groups, self.grid, name=name, **kw)
+            return cnn(pixels.reshape((batch * frames,) + pixels.shape[2:]))
+
+        cells = trunk(video, "trunk")
+        if self.frame_difference:  # TSN's RGB-difference stream, beside the appearance stream
             previous = jnp.concatenate([video[:, :1], video[:, :-1]], axis=1)
-            video = jnp.concatenate([video, video - previous], axis=-1)
-        trunk = FrameCNN(self.stem_width, self.widths, self.depths, self.groups, self.grid, name="trunk", **kw)
-        cells = trunk(video.reshape((batch * frames,) + video.shape[2:]))
+            cells = jnp.concatenate([cells, trunk(video - previous, "motion_trunk")], axis=-1)
         tokens = dense(self.embed_dim, ("conv_out", "embed"), name="project", **kw)(cells)
         init = logical(nn.initializers.normal(0.02), ("length", "embed"))
         space = self.param("space_positions", init, (self.grid * self.grid, self.embed_dim), self.param_dtype)
