@@ -56,7 +56,7 @@ def test_eval_writes_every_task_into_results(run_dir):
     for key in ("retrieval/t2v_R@1", "retrieval/v2t_MdR", "retrieval/t2v_rerank_R@5", "recommend/hit_rate@10",
                 "recommend/nDCG@10", "recommend/random_hit_rate@10", "qa/acc", "qa/acc_direction",
                 "qa/f1_macro", "qa/f1_macro_sound", "qa/precision_macro_order", "qa/choice_acc", "qa/f1_red",
-                "caption/BLEU-4", "caption/CIDEr", "caption/ROUGE-L"):
+                "caption/BLEU-4", "caption/CIDEr", "caption/ROUGE-L", "caption/distinct"):
         assert 0 <= results[f"test/{key}"] <= 100, key
     assert results["test/retrieval/t2v_MdR"] < 36  # trained: chance is 48.5 of 96 clips (measured 23)
     assert "test/retrieval/t2v_R@1" in result.stdout and "test/qa/f1_red" not in result.stdout  # per-answer hidden

@@ -19,6 +19,7 @@ def test_the_table_reads_every_stage_and_the_explanations(tmp_path):
                                                  "test/explain/attention_pointing_game": 5.42,
                                                  "test/explain/attention_random_pointing_game": 30.08})
     _write(tmp_path, "vivit_joint", "qa", {"test/qa/acc": 24.5, "test/qa/acc_direction": 31.0})
+    _write(tmp_path, "vivit_joint", "caption", {"test/caption/CIDEr": 127.66, "test/caption/distinct": 41.25})
     _write(tmp_path, "fusion_dual", "pretrain", {"test/retrieval/t2v_R@1": 5.5,
                                                  "test/explain/gradient_pointing_game": 50.0})
     header, rule, *rows = research.table(tmp_path, ["vivit_joint", "fusion_dual", "i3d"]).splitlines()
@@ -29,7 +30,8 @@ def test_the_table_reads_every_stage_and_the_explanations(tmp_path):
     assert list(cells) == ["vivit_joint", "fusion_dual", "i3d"]
     joint = cells["vivit_joint"]
     assert (joint["test t2v R@1"], joint["test_novel t2v R@1"], joint["test QA acc"]) == ("4.9", "6.8", "24.5")
-    assert (joint["test direction"], joint["test order"], joint["test CIDEr"]) == ("31.0", "-", "-")
+    assert (joint["test direction"], joint["test order"], joint["test CIDEr"]) == ("31.0", "-", "127.7")
+    assert (joint["test distinct captions"], joint["test_novel distinct captions"]) == ("41.2", "-")
     assert (joint["test pointing grad"], joint["test random init grad"]) == ("67.7", "38.3")
     assert (joint["test pointing attn"], joint["test random init attn"]) == ("5.4", "30.1")
     assert cells["fusion_dual"]["test pointing grad"] == "50.0" and cells["fusion_dual"]["test pointing attn"] == "-"

@@ -141,6 +141,14 @@ def test_parity_with_pycocoevalcap():
     assert list(out.values()) == pytest.approx([100 * s for s in ours])
 
 
+def test_distinct_counts_captions_that_differ_after_tokenisation():
+    candidates = {"v1": "a red square", "v2": "A red square.", "v3": "a blue circle", "v4": "two shapes"}
+    assert cm.distinct(candidates) == 75.0
+    assert cm.distinct({k: "a a a a" for k in candidates}) == 25.0
+    with pytest.raises(ValueError, match="no captions"):
+        cm.distinct({})
+
+
 def test_empty_candidates_do_not_crash():
     refs = {"v1": ["a man sings"], "v2": ["a dog runs"]}
     for candidates in ({"v1": "", "v2": "a dog runs"}, {"v1": "...", "v2": ""}):

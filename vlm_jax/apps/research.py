@@ -1,8 +1,8 @@
 """The research table: what temporal modelling, audio and attention fusion are worth, measured.
 
 For each variant (video encoder, fusion, audio on/off) it pretrains on moving_shapes, finetunes QA and
-captioning from that pretraining, and tabulates text-to-video R@1, QA accuracy per question type and
-CIDEr on test and test_novel:
+captioning from that pretraining, and tabulates text-to-video R@1, QA accuracy per question type,
+CIDEr and the share of distinct captions on test and test_novel:
 
     vlm research --preset small --out runs/research --table docs/research_table.md
 
@@ -112,7 +112,8 @@ def table(out: Path, names: Sequence[str]) -> str:
     """The markdown table of every variant's finished runs (a dash where a run is missing)."""
     header = ["variant"]
     for split in SPLITS:
-        header += [f"{split} t2v R@1", f"{split} QA acc"] + [f"{split} {t}" for t in QA_TYPES] + [f"{split} CIDEr"]
+        header += [f"{split} t2v R@1", f"{split} QA acc"] + [f"{split} {t}" for t in QA_TYPES]
+        header += [f"{split} CIDEr", f"{split} distinct captions"]
     header += [f"test {column}" for column, _ in EXPLAIN_COLUMNS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in names:
@@ -120,7 +121,8 @@ def table(out: Path, names: Sequence[str]) -> str:
         cells = [name]
         for split in SPLITS:
             keys = [(pretrain, f"{split}/retrieval/t2v_R@1"), (qa, f"{split}/qa/acc")]
-            keys += [(qa, f"{split}/qa/acc_{t}") for t in QA_TYPES] + [(caption, f"{split}/caption/CIDEr")]
+            keys += [(qa, f"{split}/qa/acc_{t}") for t in QA_TYPES]
+            keys += [(caption, f"{split}/caption/CIDEr"), (caption, f"{split}/caption/distinct")]
             cells += [f"{results[key]:.1f}" if key in results else "-" for results, key in keys]
         cells += [f"{pretrain[key]:.1f}" if key in pretrain else "-" for _, key in EXPLAIN_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")

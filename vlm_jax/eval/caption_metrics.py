@@ -176,6 +176,14 @@ def rouge_l(candidates: Captions, references: References) -> float:
     return _rouge_l(*_prepare(candidates, references))
 
 
+def distinct(candidates: Captions) -> float:
+    """The share of distinct captions among the candidates (x100): a decoder that says the same thing
+    for every video scores 100 / len(candidates), however well that one caption matches."""
+    if not candidates:
+        raise ValueError("no captions to score")
+    return 100.0 * len({tuple(tokenize(c)) for c in candidates.values()}) / len(candidates)
+
+
 def caption_metrics(candidates: Captions, references: References) -> dict[str, float]:
     """BLEU-1..4, CIDEr (CIDEr-D) and ROUGE-L, all x100 as papers report them.
 
