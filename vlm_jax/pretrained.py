@@ -175,8 +175,10 @@ def tower_variables(name: str, target: dict) -> dict:
     elif name == I3D_KINETICS:
         tensors = i3d_convert.read_checkpoint()
         table = {path: (path, "flatten_stats" if path.startswith("batch_stats/") else "identity") for path in expected}
-        # our tower has no Kinetics classifier (num_classes 0); the checkpoint's is not needed
-        ignore = [path for path in tensors if path.startswith("params/Logits/")]
+        # our tower has no Kinetics classifier (num_classes 0), and with an earlier final_endpoint not
+        # every block: the checkpoint's others are not needed
+        modules = {path.split("/")[1] for path in expected}
+        ignore = [path for path in tensors if path.split("/")[1] not in modules]
         what = f"{I3D_KINETICS} (model.video.name must be i3d with width_scale 1.0)"
     elif name.endswith(".safetensors"):
         return mapping_lib.unflatten(towers.tower_from_file(name, expected))

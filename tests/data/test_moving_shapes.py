@@ -69,9 +69,10 @@ def test_sequential_clips_move_one_object_per_half():
         assert "order" in clip.hard_negative_kinds
 
 
-def test_hard_negatives_differ_from_their_own_caption_only_in_direction_order_or_sound():
+def test_hard_negatives_differ_from_their_own_caption_only_in_what_their_kind_names():
     motion_words = {w for phrases in ms.MOTION_PHRASES.values() for p in phrases for w in p.split()}
-    checked = {"direction": 0, "order": 0, "sound": 0}
+    shape_words = {w for words in ms.SHAPE_WORDS.values() for p in words for w in p.split()}
+    checked = {"direction": 0, "order": 0, "sound": 0, "shape": 0, "colour": 0}
     for clip in CLIPS:
         for negative, kind, index in zip(clip.hard_negatives, clip.hard_negative_kinds, clip.hard_negative_captions):
             assert negative not in clip.captions
@@ -87,16 +88,25 @@ def test_hard_negatives_differ_from_their_own_caption_only_in_direction_order_or
                          if negative.endswith(p)]
                 assert index == 2 and other
                 assert negative.removesuffix(other[0]) == clip.captions[index].removesuffix(true_phrase)
+            if kind in ("shape", "colour"):  # one object's shape or colour word (and its article) changed
+                names = shape_words if kind == "shape" else set(ms.COLOURS)
+                true, neg = ([w for w in words if w not in ("a", "an")] for words in (true, neg))
+                changed = [(a, b) for a, b in zip(true, neg) if a != b]
+                if len(true) == len(neg):  # "plus sign" is two words
+                    assert len(changed) == 1 and set(changed[0]) <= names, (clip.captions[index], negative)
+                else:
+                    assert kind == "shape" and set(true) ^ set(neg) <= shape_words, (clip.captions[index], negative)
             checked[kind] += 1
     assert min(checked.values()) > 10, checked
 
 
 def _wording(text: str) -> str:
-    """The caption with every word that names what the clip shows replaced: what is left is its style."""
+    """The caption with every word that names what the clip shows replaced (and "an" read as "a", which
+    follows the next word): what is left is its style."""
     named = sorted({p for phrases in (*ms.MOTION_PHRASES.values(), *ms.SOUND_PHRASES.values(),
                                       *ms.SHAPE_WORDS.values(), *ms.SIZE_WORDS.values()) for p in phrases}
                    | set(ms.COLOURS), key=len, reverse=True)
-    return re.sub("|".join(rf"\b{re.escape(p)}\b" for p in named), "_", text)
+    return re.sub(r"\ban\b", "a", re.sub("|".join(rf"\b{re.escape(p)}\b" for p in named), "_", text))
 
 
 def test_every_caption_style_has_hard_negatives_worded_like_it():

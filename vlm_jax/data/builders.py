@@ -84,8 +84,9 @@ class MovingShapesConfig(tfds.core.BuilderConfig):
 class MovingShapes(tfds.core.GeneratorBasedBuilder):
     """Procedural clips with captions, hard negatives, typed QA, sound and per-frame boxes."""
 
-    VERSION = tfds.core.Version("1.1.0")
-    RELEASE_NOTES = {"1.1.0": "hard negatives in every caption style, sound negatives, no touching shapes",
+    VERSION = tfds.core.Version("1.2.0")
+    RELEASE_NOTES = {"1.2.0": "shape and colour hard negatives",
+                     "1.1.0": "hard negatives in every caption style, sound negatives, no touching shapes",
                      "1.0.0": "first release"}
 
     def _info(self) -> tfds.core.DatasetInfo:

@@ -369,19 +369,28 @@ def hard_negatives_for(scene: Scene, rng: np.random.Generator,
     """(caption, kind, index of the true caption it negates): each true caption's twins that differ from it
     in one thing only, worded in the same style, so that wording alone never tells a negative from a
     positive. Kinds: "direction" (one moving object does the opposite), "order" (the sequential pair
-    swapped) and "sound" (another sound, for the caption that names it)."""
+    swapped), "sound" (another sound, for the caption that names it), "shape" and "colour" (one object
+    drawn as another shape, or in another colour). Without the last two no negative differs in what an
+    object looks like, and no loss needs the encoder to tell shapes apart (docs/research.md)."""
+    def replaced(i: int, **change) -> Scene:
+        changed = dataclasses.replace(scene.objects[i], **change)
+        return dataclasses.replace(scene, objects=scene.objects[:i] + (changed,) + scene.objects[i + 1:])
+
     variants = []
     movers = [i for i, o in enumerate(scene.objects) if o.motion != "still"]
     if movers:
         i = int(rng.choice(movers))
-        flipped = dataclasses.replace(scene.objects[i], motion=OPPOSITE_MOTION[scene.objects[i].motion])
-        variants.append(("direction", dataclasses.replace(scene, objects=scene.objects[:i] + (flipped,) +
-                                                          scene.objects[i + 1:])))
+        variants.append(("direction", replaced(i, motion=OPPOSITE_MOTION[scene.objects[i].motion])))
     if scene.sequential:
         swapped = (scene.objects[1], scene.objects[0]) + scene.objects[2:]
         variants.append(("order", dataclasses.replace(scene, objects=swapped)))
     other_sound = str(rng.choice([s for s in SOUNDS if s != scene.sound]))
     variants.append(("sound", dataclasses.replace(scene, sound=other_sound)))
+    i = int(rng.integers(len(scene.objects)))
+    variants.append(("shape", replaced(i, shape=str(rng.choice([s for s in SHAPES if s != scene.objects[i].shape])))))
+    i = int(rng.integers(len(scene.objects)))
+    variants.append(("colour", replaced(i, colour=str(rng.choice([c for c in COLOUR_NAMES
+                                                                  if c != scene.objects[i].colour])))))
     true = captions_for(scene, styles)
     return [(negative, kind, index) for kind, variant in variants
             for index, negative in enumerate(captions_for(variant, styles)) if negative != true[index]]

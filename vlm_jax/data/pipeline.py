@@ -55,7 +55,7 @@ class Spec:
     min_crop_scale: float = 1.0  # 1.0 turns random cropping off
     flip: bool = False
     max_captions: int = 4
-    max_negatives: int = 9  # moving_shapes: direction and order twins of each caption, and one of another sound
+    max_negatives: int = 17  # moving_shapes: direction, order, shape and colour twins of each caption, one sound
     max_questions: int = 8
     questions_per_clip: int = 8  # training: drawn at random from each clip's questions (all of them, by default)
     num_choices: int = 4

@@ -48,11 +48,13 @@ ENDPOINTS = (
 )
 LOGITS_POOL = (2, 7, 7)
 
+ENDPOINT_NAMES = tuple(name for name, _, _ in ENDPOINTS)
+
 # Tower presets (no Kinetics head). base is the real I3D trunk, so Kinetics weights can initialise it.
 SIZES = {
-    "tiny": {"width_scale": 0.125, "num_classes": 0},
-    "small": {"width_scale": 0.25, "num_classes": 0},
-    "base": {"width_scale": 1.0, "num_classes": 0},
+    "tiny": {"width_scale": 0.125, "num_classes": 0, "final_endpoint": "Mixed_5c"},
+    "small": {"width_scale": 0.25, "num_classes": 0, "final_endpoint": "Mixed_5c"},
+    "base": {"width_scale": 1.0, "num_classes": 0, "final_endpoint": "Mixed_5c"},
 }
 
 
@@ -167,6 +169,8 @@ class I3D(nn.Module):
 
     tokens: the Mixed_5c features [B, t*h*w, C] (t = T/8, h = H/32, w = W/32 rounded up; C = 1024 at
     width_scale 1), pooled: their mean. `I3D.logits` gives the Kinetics class scores [B, num_classes].
+    `final_endpoint` ends the network earlier, as in kinetics-i3d (e.g. "Mixed_3c": T/2 x H/8 x W/8 tokens,
+    which keeps a 4x4 map of a 32 px frame where Mixed_5c keeps one cell, at a fraction of the cost);
     `width_scale` multiplies every channel count (rounded, at least 1) for cheaper variants;
     `dropout` acts before the logits layer only, as in the original. `bn_momentum` is 0.99 rather
     than the original's 0.999 so running averages settle within short from-scratch runs; it does not
@@ -174,15 +178,23 @@ class I3D(nn.Module):
     """
     num_classes: int = 400
     width_scale: float = 1.0
+    final_endpoint: str = "Mixed_5c"
     dropout: float = 0.0
     bn_momentum: float = 0.99
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
+    def _endpoints(self) -> tuple[tuple[str, str, tuple], ...]:
+        if self.final_endpoint not in ENDPOINT_NAMES:
+            raise ValueError(f"unknown I3D final_endpoint {self.final_endpoint!r}; choose one of "
+                             f"{', '.join(ENDPOINT_NAMES)}")
+        return ENDPOINTS[:ENDPOINT_NAMES.index(self.final_endpoint) + 1]
+
     def token_grid(self, video_shape: tuple[int, ...]) -> TokenGrid:
-        """The Mixed_5c feature grid: every strided conv and pool is "SAME", so each divides a size rounding up."""
+        """The final endpoint's feature grid: every strided conv and pool is "SAME", so each divides a size
+        rounding up."""
         sizes = list(video_shape[1:4])
-        for _, kind, spec in ENDPOINTS:
+        for _, kind, spec in self._endpoints():
             stride = spec[2] if kind == "conv" else spec[1] if kind == "pool" else (1, 1, 1)
             sizes = [math.ceil(size / step) for size, step in zip(sizes, stride)]
         return TokenGrid(*sizes)
@@ -200,11 +212,16 @@ class I3D(nn.Module):
 
     @nn.compact
     def _network(self, video: jax.Array, train: bool, with_logits: bool) -> tuple[jax.Array, jax.Array | None]:
-        """Mixed_5c features and, when asked (or while initialising, so init creates the head), logits."""
+        """The final endpoint's features and, when asked (or while initialising, so init creates the
+        head), logits."""
+        endpoints = self._endpoints()
+        if self.num_classes and self.final_endpoint != ENDPOINT_NAMES[-1]:
+            raise ValueError(f"the Kinetics logits read {ENDPOINT_NAMES[-1]}; final_endpoint "
+                             f"{self.final_endpoint!r} needs num_classes=0")
         scale = lambda channels: max(1, round(channels * self.width_scale))
         kw = dict(bn_momentum=self.bn_momentum, dtype=self.dtype, param_dtype=self.param_dtype)
         x = video.astype(self.dtype)
-        for name, kind, spec in ENDPOINTS:
+        for name, kind, spec in endpoints:
             if kind == "conv":
                 channels, kernel, stride = spec
                 x = Unit3D(scale(channels), kernel, stride, name=name, **kw)(x, train)
