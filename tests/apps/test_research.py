@@ -36,3 +36,23 @@ def test_the_table_reads_every_stage_and_the_explanations(tmp_path):
     assert (joint["test pointing attn"], joint["test random init attn"]) == ("5.4", "30.1")
     assert cells["fusion_dual"]["test pointing grad"] == "50.0" and cells["fusion_dual"]["test pointing attn"] == "-"
     assert set(cells["i3d"].values()) == {"i3d", "-"}
+
+
+def test_wall_times_add_up_over_a_stage_s_attempts_and_fill_their_own_table(tmp_path, monkeypatch):
+    """A stage stopped and resumed counts both attempts; the total needs every stage."""
+    clock = iter([0.0, 100.0, 500.0, 530.0, 1000.0, 1240.0])  # (start, end) of three runs
+    monkeypatch.setattr(research.time, "perf_counter", lambda: next(clock))
+    codes = iter([1, 0, 0])
+    monkeypatch.setattr(research.subprocess, "call", lambda *args, **kwargs: next(codes))
+    variant, messages = tmp_path / "cnn2d", []
+    variant.mkdir()
+    assert research._timed(variant, "pretrain", ["train"], variant / "train.log", messages.append).startswith("failed")
+    assert research._timed(variant, "pretrain", ["train"], variant / "train.log", messages.append) == "ok"
+    assert json.loads((variant / research.WALL_FILE).read_text()) == {"pretrain": 130.0}
+    research._timed(variant, "qa", ["train"], variant / "train.log", messages.append)
+    assert messages[-1] == "cnn2d/qa: exit 0 after 240 s"
+    header, rule, row, missing = research.wall_table(tmp_path, ["cnn2d", "i3d"]).splitlines()
+    assert header == "| variant | pretrain (s) | qa (s) | caption (s) | explain (s) | total (min) |"
+    assert row == "| cnn2d | 130 | 240 | - | - | - |" and missing == "| i3d | - | - | - | - | - |"
+    (variant / research.WALL_FILE).write_text(json.dumps({"pretrain": 600, "qa": 240, "caption": 500, "explain": 10}))
+    assert research.wall_table(tmp_path, ["cnn2d"]).splitlines()[2] == "| cnn2d | 600 | 240 | 500 | 10 | 22.5 |"

@@ -9,6 +9,8 @@ CIDEr and the share of distinct captions on test and test_novel:
 Every run is a separate `vlm train` process in `OUT/<variant>/{pretrain,qa,caption}`; a finished run
 (results.json present) is skipped and an interrupted one resumes from its checkpoint, so the table can
 be built over several sessions. A variant whose run fails is reported as failed, and the others go on.
+Each stage's wall time (summed over its attempts, so a resumed run counts every part) goes to
+`OUT/<variant>/wall_seconds.json`, and a second table lists them.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "seed_baseline": (tuple(f"model.{key}={value}" for key, value in SEED_BASELINE.items()), ()),
 }
 STAGES = ("pretrain", "qa", "caption")
+WALL_FILE = "wall_seconds.json"  # {stage or "explain": seconds of every attempt}
 EXPLAIN_KEY = "test/explain/gradient_pointing_game"
 # the pretrained model's explanations on test: gradient x input (every model), cross-attention (fusion models)
 EXPLAIN_COLUMNS = (("pointing grad", EXPLAIN_KEY), ("random init grad", "test/explain/gradient_random_pointing_game"),
@@ -80,7 +83,7 @@ def run_variant(name: str, preset: str, out: Path, steps: int | None, extra: Seq
             overrides.append(f"train.num_steps={steps if stage == 'pretrain' else max(1, steps // 2)}")
         args = _train_args(stage, preset, workdir, out / name / "pretrain", overrides)
         workdir.mkdir(parents=True, exist_ok=True)
-        status[stage] = _vlm(args, workdir / "train.log", f"{name}/{stage}", log)
+        status[stage] = _timed(out / name, stage, args, workdir / "train.log", log)
     # where the pretrained model looks, scored against the boxes (merged into its results.json)
     if status["pretrain"] != "ok":
         status["explain"] = "skipped: pretraining failed"
@@ -88,19 +91,30 @@ def run_variant(name: str, preset: str, out: Path, steps: int | None, extra: Seq
         status["explain"] = "ok"
     else:
         pretrain_dir = out / name / "pretrain"
-        status["explain"] = _vlm(["eval", "--workdir", str(pretrain_dir), "--tasks", "explain", "--split", "test"],
-                                 pretrain_dir / "explain.log", f"{name}/explain", log)
+        status["explain"] = _timed(out / name, "explain", ["eval", "--workdir", str(pretrain_dir), "--tasks",
+                                                           "explain", "--split", "test"], pretrain_dir / "explain.log", log)
     return status
 
 
-def _vlm(args: Sequence[str], log_path: Path, label: str, log) -> str:
-    """Run `vlm ARGS` with its output appended to log_path; "ok" or why not."""
+def _timed(variant_dir: Path, stage: str, args: Sequence[str], log_path: Path, log) -> str:
+    """Run `vlm ARGS` with its output appended to log_path, add its wall time to the variant's WALL_FILE;
+    "ok" or why not."""
+    label = f"{variant_dir.name}/{stage}"
     start = time.perf_counter()
     log(f"{label}: vlm {' '.join(args)}")
     with open(log_path, "a") as output:
         code = subprocess.call([sys.executable, "-m", "vlm_jax", *args], stdout=output, stderr=subprocess.STDOUT)
-    log(f"{label}: exit {code} after {time.perf_counter() - start:.0f} s")
+    seconds = time.perf_counter() - start
+    log(f"{label}: exit {code} after {seconds:.0f} s")
+    walls = _walls(variant_dir)
+    walls[stage] = walls.get(stage, 0.0) + seconds
+    (variant_dir / WALL_FILE).write_text(json.dumps(walls, indent=2) + "\n")
     return "ok" if code == 0 else f"failed (exit {code}, see {log_path})"
+
+
+def _walls(variant_dir: Path) -> dict[str, float]:
+    path = variant_dir / WALL_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _results(out: Path, name: str, stage: str) -> dict[str, float]:
@@ -129,6 +143,19 @@ def table(out: Path, names: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def wall_table(out: Path, names: Sequence[str]) -> str:
+    """The markdown table of each variant's wall time per stage (seconds) and in all (minutes)."""
+    stages = STAGES + ("explain",)
+    lines = ["| variant | " + " | ".join(f"{stage} (s)" for stage in stages) + " | total (min) |",
+             "|" + "---|" * (len(stages) + 2)]
+    for name in names:
+        walls = _walls(out / name)
+        cells = [f"{walls[stage]:.0f}" if stage in walls else "-" for stage in stages]
+        total = f"{sum(walls.values()) / 60:.1f}" if all(stage in walls for stage in stages) else "-"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {total} |")
+    return "\n".join(lines)
+
+
 def run(preset: str, out: str | Path, variants: Sequence[str] | None = None, steps: int | None = None,
         extra: Sequence[str] = (), table_path: str | Path | None = None) -> str:
     """Train every variant (or `variants`) and return (and write to `table_path`) the markdown table."""
@@ -141,7 +168,7 @@ def run(preset: str, out: str | Path, variants: Sequence[str] | None = None, ste
     log = lambda message: print(message, file=sys.stderr, flush=True)
     statuses = {name: run_variant(name, preset, out, steps, extra, log) for name in names}
     (out / "status.json").write_text(json.dumps(statuses, indent=2) + "\n")
-    markdown = table(out, names)
+    markdown = table(out, names) + "\n\n" + wall_table(out, names)
     if table_path:
         Path(table_path).parent.mkdir(parents=True, exist_ok=True)
         Path(table_path).write_text(markdown + "\n")
