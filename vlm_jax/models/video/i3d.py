@@ -19,6 +19,7 @@ it uses the running averages and leaves them untouched.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -88,6 +89,34 @@ class BatchNorm(nn.Module):
         return y.astype(self.dtype)
 
 
+def conv3d_as_2d(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: str | Sequence[tuple[int, int]],
+                 lhs_dilation: Sequence[int] | None = None, rhs_dilation: Sequence[int] | None = None,
+                 dimension_numbers=None, feature_group_count: int = 1, precision=None) -> jax.Array:
+    """`lax.conv_general_dilated` for channels-last 3D convolutions (NDHWC inputs, DHWIO kernels), computed as
+    a sum over the kernel's time taps of 2D convolutions of strided frame slices: the same function, but
+    XLA's CPU backend runs 2D convolutions over an order of magnitude faster than 3D ones (docs/research.md
+    has the measurement). Dilations and feature groups are not needed by I3D and not supported."""
+    del dimension_numbers  # flax passes channels-last numbers for 5D inputs; that is all this computes
+    if any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))) or feature_group_count != 1:
+        raise ValueError("conv3d_as_2d supports neither dilation nor feature groups")
+    frames, taps, stride = lhs.shape[1], rhs.shape[0], window_strides[0]
+    if isinstance(padding, str):
+        out = math.ceil(frames / stride) if padding == "SAME" else (frames - taps) // stride + 1
+        total = max((out - 1) * stride + taps - frames, 0) if padding == "SAME" else 0
+        time_pad, space_pad = (total // 2, total - total // 2), padding
+    else:
+        time_pad, space_pad = tuple(padding[0]), [tuple(p) for p in padding[1:]]
+    lhs = jnp.pad(lhs, [(0, 0), time_pad, (0, 0), (0, 0), (0, 0)])
+    out = (lhs.shape[1] - taps) // stride + 1
+    summed = None
+    for tap in range(taps):
+        sliced = lhs[:, tap:tap + stride * (out - 1) + 1:stride]  # the frames this tap meets, [B, out, H, W, C]
+        y = jax.lax.conv_general_dilated(sliced.reshape((-1,) + sliced.shape[2:]), rhs[tap], window_strides[1:],
+                                         space_pad, dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
+        summed = y if summed is None else summed + y
+    return summed.reshape((lhs.shape[0], out) + summed.shape[1:])
+
+
 class Unit3D(nn.Module):
     """Conv3d ("SAME", no bias) -> BatchNorm -> ReLU; with batch_norm=False a plain conv with bias (the logits)."""
     features: int
@@ -103,7 +132,8 @@ class Unit3D(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = nn.Conv(self.features, self.kernel, strides=self.stride, padding="SAME", use_bias=not self.batch_norm,
                     kernel_init=logical(nn.initializers.lecun_normal(), (None, None, None, "conv_in", "conv_out")),
-                    bias_init=logical(nn.initializers.zeros_init(), ("conv_out",)), name="Conv_0", **kw)(x)
+                    bias_init=logical(nn.initializers.zeros_init(), ("conv_out",)), conv_general_dilated=conv3d_as_2d,
+                    name="Conv_0", **kw)(x)
         if not self.batch_norm:
             return x
         return nn.relu(BatchNorm(self.bn_momentum, name="BatchNorm_0", **kw)(x, train))
