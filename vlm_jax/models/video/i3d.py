@@ -94,8 +94,9 @@ def conv3d_as_2d(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], 
                  dimension_numbers=None, feature_group_count: int = 1, precision=None) -> jax.Array:
     """`lax.conv_general_dilated` for channels-last 3D convolutions (NDHWC inputs, DHWIO kernels), computed as
     a sum over the kernel's time taps of 2D convolutions of strided frame slices: the same function, but
-    XLA's CPU backend runs 2D convolutions over an order of magnitude faster than 3D ones (docs/research.md
-    has the measurement). Dilations and feature groups are not needed by I3D and not supported."""
+    XLA's CPU backend runs 2D convolutions over an order of magnitude faster than 3D ones (`vlm bench
+    --sections peers`: i3d_forward against i3d-jax, which convolves in 3D). Dilations and feature groups are
+    not needed by I3D and not supported."""
     del dimension_numbers  # flax passes channels-last numbers for 5D inputs; that is all this computes
     if any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))) or feature_group_count != 1:
         raise ValueError("conv3d_as_2d supports neither dilation nor feature groups")
