@@ -194,3 +194,5 @@ def test_the_3d_convolution_by_2d_slices_equals_xla_s_and_so_do_its_gradients(ke
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
     with pytest.raises(ValueError, match="neither dilation"):
         conv3d_as_2d(x, w, stride, padding, rhs_dilation=(2, 1, 1))
+    with pytest.raises(ValueError, match="channels-last 3D convolutions only"):
+        conv3d_as_2d(x, w, stride, padding, dimension_numbers=("NCDHW", "OIDHW", "NCDHW"))

