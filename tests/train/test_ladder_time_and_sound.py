@@ -16,14 +16,20 @@ def single_object_dataset(tmp_path_factory):
     return build_single_object_dataset(tmp_path_factory.mktemp("single_object"))
 
 
-@pytest.mark.parametrize("encoder", ["vivit_joint", "single_frame"])
+# the cpu preset's cnn2d, with its motion stream: the encoder that learns time within a CPU budget (the
+# joint ViViT measured 0.54 here on moving_shapes 1.1.0's questions and 0.43 on 1.2.0's: too close to call)
+SEES_TIME = (*ENCODERS["cnn2d"], "model.video.cnn2d.frame_difference=true")
+
+
+@pytest.mark.parametrize("encoder", ["cnn2d", "single_frame"])
 def test_direction_on_single_object_clips_is_learnt_only_by_a_model_that_sees_time(encoder, single_object_dataset):
-    run = single_object_run(single_object_dataset, *ENCODERS[encoder], "train.batch_size=16", "train.num_steps=300")
+    overrides = SEES_TIME if encoder == "cnn2d" else ENCODERS[encoder]
+    run = single_object_run(single_object_dataset, *overrides, "train.batch_size=16", "train.num_steps=300")
     accuracy = learnt(run, 300, "direction")
     if encoder == "single_frame":
         assert accuracy < MOTION_BLIND_DIRECTION + 0.08  # measured 0.29
     else:
-        assert accuracy > MOTION_BLIND_DIRECTION + 0.15  # measured 0.54 (0.71 with 32 clips a step)
+        assert accuracy > MOTION_BLIND_DIRECTION + 0.15
 
 
 @pytest.mark.parametrize("audio", ["audio_transformer", "None"])
