@@ -21,9 +21,9 @@ def single_object_dataset(tmp_path_factory):
 SEES_TIME = (*ENCODERS["cnn2d"], "model.video.cnn2d.frame_difference=true")
 
 
-@pytest.mark.parametrize("encoder", ["cnn2d", "single_frame"])
-def test_direction_on_single_object_clips_is_learnt_only_by_a_model_that_sees_time(encoder, single_object_dataset):
-    overrides = SEES_TIME if encoder == "cnn2d" else ENCODERS[encoder]
+@pytest.mark.parametrize("encoder, overrides", [("cnn2d", SEES_TIME), ("single_frame", ENCODERS["single_frame"])])
+def test_direction_on_single_object_clips_is_learnt_only_by_a_model_that_sees_time(encoder, overrides,
+                                                                                    single_object_dataset):
     run = single_object_run(single_object_dataset, *overrides, "train.batch_size=16", "train.num_steps=300")
     accuracy = learnt(run, 300, "direction")
     if encoder == "single_frame":

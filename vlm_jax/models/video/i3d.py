@@ -104,10 +104,11 @@ def conv3d_as_2d(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], 
     if any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))) or feature_group_count != 1:
         raise ValueError("conv3d_as_2d supports neither dilation nor feature groups")
     frames, taps, stride = lhs.shape[1], rhs.shape[0], window_strides[0]
-    if isinstance(padding, str):
-        out = math.ceil(frames / stride) if padding == "SAME" else (frames - taps) // stride + 1
-        total = max((out - 1) * stride + taps - frames, 0) if padding == "SAME" else 0
+    if padding == "SAME":
+        total = max((math.ceil(frames / stride) - 1) * stride + taps - frames, 0)
         time_pad, space_pad = (total // 2, total - total // 2), padding
+    elif padding == "VALID":
+        time_pad, space_pad = (0, 0), padding
     else:
         time_pad, space_pad = tuple(padding[0]), [tuple(p) for p in padding[1:]]
     lhs = jnp.pad(lhs, [(0, 0), time_pad, (0, 0), (0, 0), (0, 0)])
