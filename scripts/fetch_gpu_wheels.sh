@@ -38,7 +38,7 @@ MISSING=(
   dm-tree                    # tensorflow_datasets, when it builds a data set
   importlib-resources        # tensorflow_datasets without TensorFlow (setup.py)
   av                         # vlm_jax.data.video_io (module level in vlm_jax.data.pipeline); ~36 MB
-  tensorboardX               # vlm_jax.train.loop's summary writer
+  tensorboardX               # vlm_jax.run.loop's summary writer
 )
 # On the GPU machine already, but maybe older than our protos / grain need (protobuf: the generated
 # code in googleapis-common-protos wants runtime >= 6.33.5). device_check.sh installs these only

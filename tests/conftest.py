@@ -82,9 +82,9 @@ def train_losses(workdir: Path, key: str = "train/loss") -> dict[int, float]:
 
 # Files that hold the longest runs go first, so that with `pytest -n 2 --dist loadfile` (scripts/test.sh) the
 # many short files fill the other worker meanwhile instead of leaving two long files for the end.
-LONGEST_FIRST = ("tests/train/test_train_parallel.py", "tests/train/test_loop.py", "tests/apps/test_apps_cli.py",
+LONGEST_FIRST = ("tests/train/test_train_parallel.py", "tests/run/test_loop.py", "tests/apps/test_apps_cli.py",
                  "tests/apps/test_kinetics.py", "tests/train/test_ladder_overfit.py",
-                 "tests/train/test_ladder_time_and_sound.py", "tests/convert/test_run_checkpoint.py")
+                 "tests/train/test_ladder_time_and_sound.py", "tests/convert/test_checkpoint_io.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -172,8 +172,9 @@ def _train(args) -> None:
     config = config_lib.load(args.config, args.overrides)  # bad configs fail before any device is touched
     _init_distributed(args)
     _compilation_cache()
+    from vlm_jax.apps import report
     from vlm_jax.eval import evaluators
-    from vlm_jax.train import loop
+    from vlm_jax.run import loop
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("vlm_jax").setLevel(logging.INFO)
     # orbax warns at every periodic save that ranks checkpoints by a metric only evaluations provide
@@ -181,7 +182,7 @@ def _train(args) -> None:
     results = loop.train(config, args.workdir, evaluators=evaluators.evaluators_for(config))
     import jax
     if jax.process_index() == 0:
-        print(evaluators.metrics_table(results))
+        print(report.metrics_table(results))
         print(f"wrote {args.workdir}/results.json, metrics.jsonl, config.json, checkpoints/, tensorboard/")
 
 
@@ -194,12 +195,13 @@ def _inference_setup() -> None:
 def _eval(args) -> None:
     _init_distributed(args)
     _inference_setup()
-    from vlm_jax.eval import evaluators, runner
+    from vlm_jax.apps import report
+    from vlm_jax.eval import runner
     tasks = [t for t in args.tasks.split(",") if t] if args.tasks else None
     results = runner.evaluate(args.workdir, args.split or None, tasks, args.step, args.overrides)
     import jax
     if jax.process_index() == 0:
-        print(evaluators.metrics_table(results))
+        print(report.metrics_table(results))
         print(f"merged into {args.workdir}/results.json")
 
 
@@ -271,28 +273,28 @@ def _convert_tower(args) -> None:
 
 def _convert_export(args) -> None:
     _inference_setup()
-    from vlm_jax.convert import run_checkpoint
-    run_checkpoint.export(args.workdir, args.out, step=args.step, params_only=args.params_only)
+    from vlm_jax.run import checkpoint_io
+    checkpoint_io.export(args.workdir, args.out, step=args.step, params_only=args.params_only)
     print(f"wrote {args.out}")
 
 
 def _convert_import(args) -> None:
     _inference_setup()
-    from vlm_jax.convert import run_checkpoint
-    run_checkpoint.import_file(args.src, args.config, args.workdir, step=args.step)
+    from vlm_jax.run import checkpoint_io
+    checkpoint_io.import_file(args.src, args.config, args.workdir, step=args.step)
     print(f"wrote a checkpoint into {args.workdir}")
 
 
 def _convert_reshard(args) -> None:
     _inference_setup()
-    from vlm_jax.convert import run_checkpoint
+    from vlm_jax.run import checkpoint_io
     try:
         mesh = tuple(int(size) for size in args.mesh.split(","))
     except ValueError:
         mesh = ()
     if len(mesh) != 3:
         raise UserError(f"--mesh takes three comma-separated sizes (data,fsdp,tensor), got {args.mesh!r}")
-    run_checkpoint.reshard(args.workdir, args.out, mesh, step=args.step)
+    checkpoint_io.reshard(args.workdir, args.out, mesh, step=args.step)
     print(f"wrote the checkpoint on mesh {mesh} into {args.out}")
 
 

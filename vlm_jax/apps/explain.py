@@ -43,7 +43,7 @@ from vlm_jax.data import pipeline, tokenizer, video_io
 from vlm_jax.errors import UserError
 from vlm_jax.models.layers import TokenGrid
 from vlm_jax.train import steps
-from vlm_jax.train.loop import Run
+from vlm_jax.run.build import Run
 
 METHODS = ("auto", "attention", "gradient")
 ATTENTION_FUSIONS = ("cross_attention", "co_attention")

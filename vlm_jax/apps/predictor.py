@@ -23,9 +23,8 @@ import numpy as np
 
 from vlm_jax.data import builders, pipeline, tokenizer, video_folder, video_io
 from vlm_jax.errors import UserError
-from vlm_jax.eval import runner
 from vlm_jax.models import decoding
-from vlm_jax.train.loop import Run
+from vlm_jax.run.build import Run, load_run
 from vlm_jax.train.state import TrainState
 
 
@@ -62,7 +61,7 @@ class Predictor:
 
     @classmethod
     def load(cls, workdir: str | Path, step: int | None = None) -> "Predictor":
-        run, state, step = runner.load_run(workdir, step)
+        run, state, step = load_run(workdir, step)
         return cls(run, state, step, workdir)
 
     def description(self) -> dict:

@@ -37,7 +37,6 @@ from PIL import Image
 
 from vlm_jax.data import moving_shapes, pipeline, show
 from vlm_jax.errors import UserError
-from vlm_jax.eval.metrics import PER_ANSWER_METRIC
 
 REPORT_NAME = "report.html"
 CONTENT_SECURITY_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -51,6 +50,8 @@ STRIP_FRAME_PX = 64  # frames are upscaled (nearest neighbour) to at least this 
 EVAL_TABLE_STEPS = 8  # the validation table shows at most this many evaluations: the first, the last, spread between
 BREAKDOWN_WIDTH = 8.0  # inches: the figures per question type or caption style have a line per kind and a legend
 RANK_METRICS = ("MdR", "MnR")  # metric names ending so are ranks (lower is better), plotted apart from percentages
+# results.json keys of per-answer QA precision / recall / F1 (shown only on request: there is one per answer)
+PER_ANSWER_METRIC = re.compile(r"/qa/(precision|recall|f1)_(?!macro)")
 # per-question-kind breakdowns (`qa/f1_macro_direction`): in the tables, not in the validation figure; their
 # accuracies (`<split>/qa/acc_direction`) have a figure and a results table of their own
 PER_KIND_METRIC = re.compile(rf"/qa/\w+_({'|'.join(moving_shapes.QA_TYPES)})$")
@@ -677,3 +678,16 @@ def screenshot(html_path: str | Path, png_path: str | Path, width: int = 1280, h
         tail = result.stderr.strip().splitlines()[-1:] or ["no output"]
         raise UserError(f"chromium could not take a screenshot of {html_path} (exit {result.returncode}): {tail[0]}")
     return png_path
+
+
+def metrics_table(results: dict[str, float], per_class: bool = False) -> str:
+    """results.json as an aligned two-column table; per-answer QA precision / recall / F1 only when asked
+    (they stay in results.json)."""
+    shown = {k: v for k, v in results.items() if per_class or not PER_ANSWER_METRIC.search(k)}
+    width = max((len(k) for k in shown), default=0)
+    lines = [f"{'metric'.ljust(width)}  value", f"{'-' * width}  -----"]
+    lines += [f"{k.ljust(width)}  {v:.4g}" if isinstance(v, (int, float)) else f"{k.ljust(width)}  {v}"
+              for k, v in sorted(shown.items())]
+    if len(shown) < len(results):
+        lines.append(f"({len(results) - len(shown)} per-answer QA metrics are in results.json)")
+    return "\n".join(lines)

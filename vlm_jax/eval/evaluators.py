@@ -24,7 +24,7 @@ from vlm_jax.errors import UserError
 from vlm_jax.eval import caption_metrics, metrics
 from vlm_jax.models import decoding
 from vlm_jax.models.layers import Encoded, repeat_encoded
-from vlm_jax.train.loop import Run
+from vlm_jax.run.build import Run
 from vlm_jax.train.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -278,7 +278,7 @@ class ExplainEvaluator:
 
 def default_eval_config() -> ml_collections.ConfigDict:
     """The `eval` block: what every evaluator reads. Runs written before a key existed get its default
-    here when they are evaluated again (`runner.load_run`)."""
+    here when they are evaluated again (`run.build.load_run`)."""
     return ml_collections.ConfigDict({
         "splits": ("test", "test_novel"),  # evaluated at the end of training into results.json
         "max_batches": 0,  # per evaluation and split; 0: the whole split
@@ -307,16 +307,3 @@ TASK_EVALUATORS: dict[str, tuple[str, ...]] = {
 def evaluators_for(config: Any, tasks: tuple[str, ...] | None = None) -> tuple[Callable[[Run], Any], ...]:
     """The evaluators for `tasks` (default: those that suit the config's training task)."""
     return tuple(EVALUATORS[name] for name in (tasks or TASK_EVALUATORS[config.train.task]))
-
-
-def metrics_table(results: dict[str, float], per_class: bool = False) -> str:
-    """results.json as an aligned two-column table; per-answer QA precision / recall / F1 only when asked
-    (they stay in results.json)."""
-    shown = {k: v for k, v in results.items() if per_class or not metrics.PER_ANSWER_METRIC.search(k)}
-    width = max((len(k) for k in shown), default=0)
-    lines = [f"{'metric'.ljust(width)}  value", f"{'-' * width}  -----"]
-    lines += [f"{k.ljust(width)}  {v:.4g}" if isinstance(v, (int, float)) else f"{k.ljust(width)}  {v}"
-              for k, v in sorted(shown.items())]
-    if len(shown) < len(results):
-        lines.append(f"({len(results) - len(shown)} per-answer QA metrics are in results.json)")
-    return "\n".join(lines)

@@ -334,7 +334,7 @@ def import_file(path: str | os.PathLike, config: Any, out_workdir: str | os.Path
     UserError when the file's names, shapes or dtypes do not fit the config's train state (naming them),
     when its arrays differ from the checksums it carries, or when `out_workdir` has checkpoints already.
     Returns {"step", "params_only", "arrays"}."""
-    from vlm_jax.train.loop import Run, ensure_data, make_mesh
+    from vlm_jax.run.build import Run, ensure_data, make_mesh
     from vlm_jax.train.state import TrainState
 
     arrays, metadata = read_file(path)
@@ -423,7 +423,7 @@ def reshard(workdir: str | os.PathLike, out_workdir: str | os.PathLike, mesh_sha
     only when this process count is the one saved). UserError when the devices cannot form the mesh, the
     step is missing, the arrays differ from their checksums, or `out_workdir` has checkpoints already.
     Returns {"step", "mesh"} (the mesh's resolved shape)."""
-    from vlm_jax.train.loop import Run, ensure_data, make_mesh
+    from vlm_jax.run.build import Run, ensure_data, make_mesh
 
     workdir, out_workdir = Path(workdir), Path(out_workdir)
     if out_workdir.resolve() == workdir.resolve():

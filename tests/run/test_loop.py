@@ -164,12 +164,12 @@ def test_finetune_from_part_of_a_pretraining_run(tiny_dataset, tmp_path, referen
     import jax
 
     from test_steps import make_config
-    from vlm_jax.train import loop
+    from vlm_jax.run import build
     include = ("init_from.include=['video_encoder']", f"init_from.workdir={reference}")
     config = make_config(tiny_dataset, "qa", *include)
-    run = loop.Run(config)
+    run = build.Run(config)
     fresh = run.factory.create()
-    loaded = loop.load_pretrained(run, run.factory.create(), config.init_from)
+    loaded = build.load_pretrained(run, run.factory.create(), config.init_from)
     pretrained = checkpoint_params(reference, fresh.params)
     same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
     assert same(jax.device_get(loaded.params["video_encoder"]), pretrained["video_encoder"])
@@ -256,8 +256,8 @@ def _numpy(tree):
 def _abstract_params(tiny_dataset):
     """The micro model's parameters as shapes, the target for `checkpoint_params`."""
     from test_steps import make_config
-    from vlm_jax.train import loop
-    return loop.Run(make_config(tiny_dataset)).factory.abstract().params
+    from vlm_jax.run import build
+    return build.Run(make_config(tiny_dataset)).factory.abstract().params
 
 
 def _leaves(tree):

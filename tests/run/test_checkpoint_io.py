@@ -1,9 +1,9 @@
-"""`convert.run_checkpoint`: a run's checkpoint to one .safetensors / .npz file and back, bit for bit, and
+"""`run.checkpoint_io`: a run's checkpoint to one .safetensors / .npz file and back, bit for bit, and
 onto other meshes.
 
 One micro run (2 steps of `vlm train`, the micro model of conftest) is trained once for the module. The
 re-sharding needs 8 devices, which must be set before jax starts, so it runs in a subprocess: this file
-as a script (`python tests/convert/test_run_checkpoint.py SOURCE SCRATCH` prints one JSON object), started
+as a script (`python tests/run/test_checkpoint_io.py SOURCE SCRATCH` prints one JSON object), started
 in the background as soon as the run exists, while the in-process tests (1 device) run.
 """
 
@@ -24,8 +24,8 @@ if __name__ == "__main__":  # run as the 8-device script: conftest is two folder
 import jax
 
 from vlm_jax import config as config_lib
-from vlm_jax.convert import run_checkpoint as rc
 from vlm_jax.errors import UserError
+from vlm_jax.run import checkpoint_io as rc
 from vlm_jax.train import checkpoint as checkpoint_lib
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,7 +52,7 @@ def host_leaves(tree) -> dict[str, np.ndarray]:
 
 def load_run(workdir: Path):
     """(Run, state, data_state) of a run directory's latest checkpoint, restored onto its config's mesh."""
-    from vlm_jax.train.loop import Run
+    from vlm_jax.run.build import Run
     run = Run(config_lib.load(str(Path(workdir) / "config.json")))
     with checkpoint_lib.Checkpointer(workdir, async_save=False) as reader:
         state, data_state = reader.restore(None, run.factory.abstract())
