@@ -50,6 +50,15 @@ class TokenGrid(NamedTuple):
         return self.time * self.height * self.width
 
 
+def to_unit_range(video: jax.Array, dtype: Dtype = jnp.float32) -> jax.Array:
+    """uint8 frames [0, 255] -> [-1, 1] in `dtype`, the range every video encoder takes; float video is
+    taken to be in [-1, 1] already."""
+    video = jnp.asarray(video)
+    if video.dtype == jnp.uint8:
+        return video.astype(dtype) * (2.0 / 255.0) - 1.0
+    return video.astype(dtype)
+
+
 def logical(init: Callable, axes: tuple[str | None, ...]) -> Callable:
     return nn.with_logical_partitioning(init, axes)
 

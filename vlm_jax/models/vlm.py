@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from vlm_jax.models import audio, fusion, heads
-from vlm_jax.models.layers import REMAT_POLICIES, Encoded
+from vlm_jax.models.layers import REMAT_POLICIES, Encoded, to_unit_range
 from vlm_jax.models.text import bert, bow
 from vlm_jax.models.video import cnn2d, cnn_rnn, i3d, linear, single_frame, vivit
 
@@ -88,7 +88,7 @@ def model_config(size: str) -> ml_collections.ConfigDict:
     blocks = {family: {name: ml_collections.ConfigDict({**_fields(module), **_SIZE_TABLES[family][name][size]})
                        for name, module in modules.items()} for family, modules in FAMILIES.items()}
     video = {"name": "vivit", **blocks["video"]}
-    if size == "tiny":  # 3x cheaper than joint attention on a CPU (fwd+bwd of 16 clips: 0.22 s vs 0.68 s)
+    if size == "tiny":  # factorised attention is the cheaper one on a CPU (docs/bench.md)
         video["vivit"].variant = "factorised_encoder"
     return ml_collections.ConfigDict({
         "dtype": "float32",
@@ -160,8 +160,7 @@ class VLM(nn.Module):
     def encode_video(self, video: jax.Array, audio_wave: jax.Array | None = None, *,
                      train: bool = False) -> tuple[Encoded, Encoded | None]:
         """uint8 (or [-1, 1] float) frames [B, T, H, W, 3] and the waveform -> video and audio tokens."""
-        dtype = jnp.dtype(self.config.dtype)
-        pixels = video.astype(dtype) * (2.0 / 255.0) - 1.0 if video.dtype == jnp.uint8 else video.astype(dtype)
+        pixels = to_unit_range(video, jnp.dtype(self.config.dtype))
         encoded = self.video_encoder(pixels, train=train)
         sound = None
         if self.audio_encoder is not None and audio_wave is not None:
