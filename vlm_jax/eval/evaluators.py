@@ -47,10 +47,7 @@ class _Evaluator:
 
     def outputs(self, state: TrainState, split: str) -> dict[str, np.ndarray]:
         run, parts = self.run, []
-        limit = int(run.config.eval.max_batches)
-        for index, batch in enumerate(pipeline.eval_dataset(run.spec, split)):
-            if 0 < limit <= index:
-                break
+        for batch in run.eval_batches(split):
             with run.mesh_context():
                 parts.append(jax.device_get(self._step(state, run.to_device(batch))))
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -9,9 +9,10 @@ Training, evaluation, the applications and the benchmarks all start here.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import flax.linen as nn
 import jax
@@ -95,6 +96,12 @@ class Run:
 
     def to_device(self, host_batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
         return parallel.to_global(dict(host_batch), self.mesh)
+
+    def eval_batches(self, split: str) -> Iterator[dict[str, np.ndarray]]:
+        """This process's evaluation batches of a split: at most `eval.max_batches` (all when <= 0)."""
+        limit = int(self.config.eval.max_batches)
+        batches = iter(pipeline.eval_dataset(self.spec, split))
+        return itertools.islice(batches, limit) if limit > 0 else batches
 
 
 def ensure_data(config: Any) -> None:

@@ -99,13 +99,9 @@ class LossEvaluator:
 
     def __call__(self, state: TrainState, split: str) -> dict[str, float]:
         run = self.run
-        spec = run.spec
-        limit = int(run.config.eval.max_batches)
         totals: dict[str, float] = {}
         weight = 0.0
-        for index, batch in enumerate(pipeline.eval_dataset(spec, split)):
-            if 0 < limit <= index:
-                break
+        for batch in run.eval_batches(split):
             for slot in steps.eval_slots(batch, run.settings.task):
                 with run.mesh_context():
                     metrics = jax.device_get(run.eval_step(state, run.to_device(slot)))
