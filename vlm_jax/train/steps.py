@@ -42,6 +42,13 @@ TASKS = ("pretrain", "retrieval", "caption", "qa")
 PRETRAIN_LOSSES = ("contrastive", "vtm", "mlm", "mvm")
 TASK_LOSSES = {"pretrain": PRETRAIN_LOSSES, "retrieval": ("contrastive",), "caption": ("caption",),
                "qa": ("qa", "choice")}
+_FUSED = ("video_encoder", "audio_encoder", "text_encoder", "fusion")
+# loss -> the top-level modules its gradient reaches (contrastive: the audio tower too when the retrieval
+# embedding reads it, `Settings.retrieval_audio`)
+LOSS_MODULES = {"contrastive": ("video_encoder", "text_encoder", "contrastive"), "vtm": (*_FUSED, "matching"),
+                "mlm": (*_FUSED, "mlm_head"), "mvm": ("video_encoder", "mvm_head"),
+                "caption": ("video_encoder", "audio_encoder", "caption_decoder"), "qa": (*_FUSED, "qa_head"),
+                "choice": (*_FUSED, "qa_head")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,24 +203,15 @@ LOSSES: dict[str, Callable[..., tuple[jax.Array, Metrics]]] = {
 
 
 def trained_modules(settings: Settings) -> set[str]:
-    """The top-level modules whose parameters the task's losses reach; the loop freezes the others, so that
-    weight decay does not shrink heads that get no gradient (and they cost no optimizer memory)."""
-    contrastive = {"contrastive", "audio_encoder"} if settings.retrieval_audio else {"contrastive"}
-    if settings.task == "retrieval":
-        return {"video_encoder", "text_encoder"} | contrastive
-    if settings.task == "caption":
-        return {"video_encoder", "audio_encoder", "caption_decoder"}
-    if settings.task == "qa":
-        return {"video_encoder", "audio_encoder", "text_encoder", "fusion", "qa_head"}
-    used = {"video_encoder", "text_encoder"}
-    if settings.weight("contrastive"):
-        used |= contrastive
-    if settings.weight("vtm"):
-        used |= {"audio_encoder", "fusion", "matching"}
-    if settings.weight("mlm"):
-        used |= {"audio_encoder", "fusion", "mlm_head"}
-    if settings.weight("mvm"):
-        used |= {"mvm_head"}
+    """The top-level modules whose parameters the task's losses reach (`LOSS_MODULES`, the losses of weight
+    0 left out); the loop freezes the others, so that weight decay does not shrink heads that get no
+    gradient (and they cost no optimizer memory)."""
+    used = set()
+    for loss in TASK_LOSSES[settings.task]:
+        if settings.weight(loss):
+            used.update(LOSS_MODULES[loss])
+            if loss == "contrastive" and settings.retrieval_audio:
+                used.add("audio_encoder")
     return used
 
 
