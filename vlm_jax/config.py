@@ -163,10 +163,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _check(value in names, key, f"must be one of {', '.join(map(str, names))}", value)
     for key, allowed, value in vlm.field_problems(config.model):
         _check(False, key, f"must be one of {allowed}", value)
-    if config.model.fusion.name == "dual":  # a dual encoder: no fused tokens to match or to fill in
+    if not fusion.FUSIONS[config.model.fusion.name].MIXES_TOKENS:  # no fused tokens to match or to fill in
         for loss in ("vtm", "mlm"):
-            _check(not config.losses.get(loss, 0.0), f"losses.{loss}", "must be 0 with model.fusion.name=dual",
-                   config.losses.get(loss))
+            _check(not config.losses.get(loss, 0.0), f"losses.{loss}",
+                   f"must be 0 with model.fusion.name={config.model.fusion.name}", config.losses.get(loss))
     _check(len(config.mesh.shape) == len(config.mesh.axes), "mesh.shape", "must have one entry per mesh.axes",
            config.mesh.shape)
     _check(list(config.mesh.shape).count(-1) <= 1, "mesh.shape", "may hold at most one -1", config.mesh.shape)

@@ -41,12 +41,12 @@ from PIL import Image
 from vlm_jax.apps.predictor import Clip, Predictor, dataset_clips
 from vlm_jax.data import pipeline, tokenizer, video_io
 from vlm_jax.errors import UserError
+from vlm_jax.models import fusion as fusion_lib
 from vlm_jax.models.layers import TokenGrid
-from vlm_jax.train import steps
 from vlm_jax.run.build import Run
+from vlm_jax.train import steps
 
 METHODS = ("auto", "attention", "gradient")
-ATTENTION_FUSIONS = ("cross_attention", "co_attention")
 GIF_FRAME_MS = 250
 
 
@@ -73,9 +73,10 @@ def resolve_method(run: Run, method: str) -> str:
     if method not in METHODS:
         raise UserError(f"unknown explanation method {method!r}; choose one of {', '.join(METHODS)}")
     fusion = run.config.model.fusion.name
-    has_cross_attention = fusion in ATTENTION_FUSIONS
+    has_cross_attention = fusion_lib.FUSIONS[fusion].CROSS_ATTENTION
     if method == "attention" and not has_cross_attention:
-        raise UserError(f"the attention method needs a fusion with cross-attention ({', '.join(ATTENTION_FUSIONS)}); "
+        attending = ", ".join(name for name, module in fusion_lib.FUSIONS.items() if module.CROSS_ATTENTION)
+        raise UserError(f"the attention method needs a fusion with cross-attention ({attending}); "
                         f"this run's fusion is {fusion!r}: use the gradient method")
     if method == "auto":
         # a retrieval run's score never passes through the fusion, so its attention would explain nothing;

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from vlm_jax.models import audio, fusion, heads
-from vlm_jax.models.layers import REMAT_POLICIES, Encoded, to_unit_range
+from vlm_jax.models.layers import Encoded, field_choices, to_unit_range
 from vlm_jax.models.text import bert, bow
 from vlm_jax.models.video import cnn2d, cnn_rnn, i3d, linear, single_frame, vivit
 
@@ -45,32 +45,21 @@ _HEAD_SIZES = {
 
 
 FAMILIES = {"video": VIDEO_ENCODERS, "text": TEXT_ENCODERS, "audio": AUDIO_ENCODERS}
-# The string fields with a fixed set of values, per block, so that config validation can name a bad one
-# before anything is traced (the modules check them again when built). `remat` is checked in every block.
-FIELD_CHOICES = {
-    "video.vivit": {"variant": vivit.VARIANTS, "pool": vivit.POOLS},
-    "video.single_frame": {"pool": vivit.POOLS},
-    "video.cnn2d": {"temporal": cnn2d.TEMPORAL_MODES},
-    "video.cnn_rnn": {"cell": tuple(cnn_rnn.CELLS)},
-    "video.linear": {"tokens": linear.TOKENS},
-    "text.bow": {"pool": bow.POOLS},
-    "text.linear": {"pool": bow.POOLS},
-    "text.bert": {"pool": bert.POOLS},
-}
-
-
 def field_problems(model: ml_collections.ConfigDict) -> list[tuple[str, str, Any]]:
-    """(key, allowed values, value) for each enumerated field of the chosen blocks that holds another value."""
-    blocks = {f"{family}.{model[family].name}": model[family][model[family].name]
+    """(key, allowed values, value) for each field of the chosen modules' blocks that holds a value outside
+    the module's `field_choices`."""
+    chosen = {f"{family}.{model[family].name}": (FAMILIES[family][model[family].name], model[family][model[family].name])
               for family in FAMILIES if model[family].name}
-    blocks.update({"fusion": model.fusion, "caption": model.caption})
+    chosen.update({"fusion": (fusion.FUSIONS[model.fusion.name], model.fusion),
+                   "caption": (CAPTION_DECODERS[model.caption.name], model.caption)})
     problems = []
-    for path, block in blocks.items():
-        choices = {**FIELD_CHOICES.get(path, {}), **({"remat": tuple(REMAT_POLICIES)} if "remat" in block else {})}
-        for field, allowed in choices.items():
-            if block[field] not in allowed:
-                problems.append((f"model.{path}.{field}", ", ".join(allowed), block[field]))
+    for path, (module, block) in chosen.items():
+        for field, allowed in field_choices(module).items():
+            if field in block and block[field] not in allowed:
+                problems.append((f"model.{path}.{field}", ", ".join(map(str, allowed)), block[field]))
     return problems
+
+
 _NOT_CONFIG = {"parent", "name", "dtype", "param_dtype"}
 
 
