@@ -9,8 +9,9 @@ imports form a circle (`tests/test_imports.py` checks both, for imports inside f
     models                       encoders, fusions, heads and the VLM built from them
     convert, pretrained          real pretrained weights into our modules and back
     train                        train state, losses, steps, optimizer, checkpoints
-    config                       config files: loading, overrides, validation against what the floors
-                                 below offer (tasks, encoders, fusions, data sets)
+    config, schema               every key's default (schema); config files: loading, overrides and
+                                 validation against the schema and what the floors below offer (tasks,
+                                 encoders, fusions, data sets)
     run                          a run built from a config or a workdir, the training loop, run checkpoints
                                  in other files
     apps                         search, recommendation, answers, captions, explanations, reports, research
@@ -26,7 +27,7 @@ FLOORS = (
     ("models",),
     ("convert", "pretrained"),
     ("train",),
-    ("config",),
+    ("config", "schema"),
     ("run",),
     ("apps",),
     ("eval",),

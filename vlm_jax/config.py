@@ -17,11 +17,10 @@ from typing import Any, Iterable
 
 import ml_collections
 
+from vlm_jax import schema
 from vlm_jax.errors import UserError
 
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
-# The reference config: every key a config may hold, and the type of each, is the one pretrain.py declares.
-CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def load(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
@@ -175,7 +174,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def check_keys_and_types(config: ml_collections.ConfigDict) -> None:
-    """Every key must be one that pretrain.py declares, holding a value of its type (a config file or a
+    """Every key must be one that `schema.defaults` declares, holding a value of its type (a config file or a
     config.json can add keys that nothing reads: a typo there would be silently ignored). Loss weights
     must name losses of the run's task; empty blocks (`optim.lr_multipliers`) are open maps."""
     from vlm_jax.train.steps import TASK_LOSSES
@@ -204,9 +203,9 @@ def check_keys_and_types(config: ml_collections.ConfigDict) -> None:
 
 
 def reference_config(preset: str | None) -> ml_collections.ConfigDict:
-    """pretrain.py's config for `preset` (its default when the preset is not one of pretrain.py's)."""
-    pretrain = load_file(CONFIGS_DIR / "pretrain.py")
-    return pretrain.get_config(preset if preset in pretrain.PRESETS else None)
+    """Every key a config may hold, with its type and default: `schema.defaults` of `preset` (of the
+    default preset when it is not one of `schema.PRESETS`)."""
+    return schema.defaults(preset if preset in schema.PRESETS else None)
 
 
 def _blocks(config: ml_collections.ConfigDict, prefix: str = ""):

@@ -22,11 +22,10 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from vlm_jax import config as config_lib
+from vlm_jax import schema
 from vlm_jax.errors import UserError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-SEED_BASELINE = config_lib.load_file(CONFIGS / "seed_baseline.py").MODEL
 
 # name: (model overrides for every run, extra overrides for pretraining only)
 VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -43,7 +42,7 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "fusion_concat": (("model.fusion.name=concat_early",), ()),
     "no_audio": (("model.audio.name=None",), ()),
     # The minimal reference VLM (linear towers, fusion by addition, linear decoder): the floor.
-    "seed_baseline": (tuple(f"model.{key}={value}" for key, value in SEED_BASELINE.items()), ()),
+    "seed_baseline": (tuple(f"model.{key}={value}" for key, value in schema.SEED_BASELINE_MODEL.items()), ()),
 }
 STAGES = ("pretrain", "qa", "caption")
 WALL_FILE = "wall_seconds.json"  # {stage or "explain": seconds of every attempt}

@@ -15,7 +15,6 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from vlm_jax.apps import recommend
@@ -271,21 +270,6 @@ class ExplainEvaluator:
         limit = int(self.run.config.eval.explain_clips)
         return {f"explain/{method}_{k}": v for method in methods
                 for k, v in explain.score_split(model, split, limit=limit, method=method).items()}
-
-
-def default_eval_config() -> ml_collections.ConfigDict:
-    """The `eval` block: what every evaluator reads. Runs written before a key existed get its default
-    here when they are evaluated again (`run.build.load_run`)."""
-    return ml_collections.ConfigDict({
-        "splits": ("test", "test_novel"),  # evaluated at the end of training into results.json
-        "max_batches": 0,  # per evaluation and split; 0: the whole split
-        "rerank_k": 0,  # retrieval: re-rank each text's top k videos by the matching (VTM) head; 0: off
-        # captioning: beam search over the KV cache (beam_size 1 is greedy), GNMT length penalty alpha, at
-        # least min_len tokens (BLIP's min_length), at most max_len tokens with [CLS]
-        "caption": {"beam_size": 3, "alpha": 0.6, "min_len": 4, "max_len": 32},
-        "recommend_users": 200,  # simulated users for recommendation hit-rate / nDCG
-        "explain_clips": 64,  # explanations scored against the ground-truth boxes (`vlm eval --tasks explain`)
-    })
 
 
 EVALUATORS: dict[str, Callable[[Run], Any]] = {
