@@ -39,8 +39,7 @@ def load(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
         add_missing(config, defaults)
     else:
         config = _from_file(path, arg)
-    for override in overrides:
-        apply_override(config, override)
+    apply_overrides(config, overrides)
     validate(config)
     return config
 
@@ -79,8 +78,23 @@ def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, An
     return flat
 
 
-def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
-    """Set `key.path=value` in place; unknown keys and badly typed values raise UserError."""
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str]) -> None:
+    """Apply `key.path=value` overrides in order; one that sets an option of an encoder the config does not
+    choose (`model.video.vivit.depth` with `model.video.name=cnn2d`) would be ignored, so it is an error."""
+    from vlm_jax.models import vlm
+
+    keys = [apply_override(config, override) for override in overrides]
+    for key in keys:
+        parts = key.split(".")
+        if len(parts) > 3 and parts[0] == "model" and parts[2] in vlm.FAMILIES.get(parts[1], {}):
+            chosen = config.model[parts[1]].name
+            if parts[2] != chosen:
+                raise UserError(f"config key {key} sets an option of {parts[2]}, but model.{parts[1]}.name is "
+                                f"{chosen!r}: it would be ignored")
+
+
+def apply_override(config: ml_collections.ConfigDict, override: str) -> str:
+    """Set `key.path=value` in place and return the key; unknown keys and badly typed values raise UserError."""
     key, sep, text = override.partition("=")
     key = key.removeprefix("--config.").strip()
     if not sep or not key:
@@ -93,6 +107,7 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
     for parent in parents:
         node = node[parent]
     node[leaf] = parse_value(key, text, node.get_type(leaf))
+    return key
 
 
 def _unknown(key: str, known: Iterable[str]) -> None:
@@ -244,10 +259,19 @@ def _check(ok: bool, key: str, constraint: str, value: Any) -> None:
 
 
 def write(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
-    """Write the resolved config as workdir/config.json, so the run can be reproduced."""
+    """Write the resolved config as workdir/config.json, so the run can be reproduced: each encoder family
+    with the block of its chosen encoder only (`load` completes the others from `schema.defaults`)."""
+    from vlm_jax.models import vlm
+
+    written = config.to_dict()
+    for family, encoders in vlm.FAMILIES.items():
+        block = written["model"][family]
+        for name in encoders:
+            if name != block["name"]:
+                block.pop(name, None)
     path = Path(workdir) / "config.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list) + "\n")
+    path.write_text(json.dumps(written, indent=2, sort_keys=True, default=list) + "\n")
     return path
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import MICRO, REPO, data_dir_of, run_vlm, train_args
+from conftest import REPO, data_dir_of, micro, run_vlm, train_args
 from vlm_jax.errors import UserError
 
 STEPS = 4
@@ -34,7 +34,7 @@ def dual_qa_run(tiny_dataset, tmp_path_factory):
     from vlm_jax.run.build import Run
     data_dir = data_dir_of(tiny_dataset)
     config = config_lib.load(str(REPO / "configs/finetune_qa.py") + ":tiny", [
-        f"data.data_dir={data_dir}", *MICRO, "model.fusion.name=dual", "model.video.name=single_frame"])
+        f"data.data_dir={data_dir}", *micro("model.fusion.name=dual", "model.video.name=single_frame")])
     run = Run(config)
     predictor = predictor_lib.Predictor(run, run.factory.create(), 0, tmp_path_factory.mktemp("explain_qa"))
     clip = next(predictor_lib.referenced_clips(run, ["test:0"]).clips)
@@ -228,7 +228,7 @@ def test_auto_takes_attention_only_where_it_can_point_in_space(tiny_dataset, ove
     from vlm_jax.apps import explain
     from vlm_jax.run.build import Run
     config = config_lib.load(str(REPO / "configs/pretrain.py") + ":tiny", [
-        f"data.data_dir={data_dir_of(tiny_dataset)}", *MICRO, *overrides])
+        f"data.data_dir={data_dir_of(tiny_dataset)}", *micro(*overrides)])
     assert explain.resolve_method(Run(config), "auto") == method
 
 

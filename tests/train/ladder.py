@@ -13,7 +13,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from conftest import build_dataset, data_dir_of
+from conftest import build_dataset, chosen_towers_only, data_dir_of
 from vlm_jax import config as config_lib
 from vlm_jax.data import pipeline
 from vlm_jax.eval import evaluators
@@ -48,7 +48,7 @@ def build_single_object_dataset(data_dir: Path) -> Path:
 
 
 def run_from_scratch(dataset: Path, *overrides: str) -> build.Run:
-    overrides = [*LADDER, f"data.data_dir={data_dir_of(dataset)}", *overrides]
+    overrides = chosen_towers_only([*LADDER, f"data.data_dir={data_dir_of(dataset)}", *overrides])
     config = config_lib.load("configs/finetune_qa.py:tiny", overrides)
     return build.Run(config)
 

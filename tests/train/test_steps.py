@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import MICRO, data_dir_of
+from conftest import data_dir_of, micro
 from vlm_jax import config as config_lib
 from vlm_jax.data import pipeline
 from vlm_jax.run import build
@@ -21,7 +21,7 @@ TASK_CONFIGS = {"pretrain": "configs/pretrain.py:tiny", "retrieval": "configs/fi
 
 def make_config(tiny_dataset, task="pretrain", *overrides):
     data_dir = data_dir_of(tiny_dataset)
-    return config_lib.load(TASK_CONFIGS[task], [*MICRO, f"data.data_dir={data_dir}", *overrides])
+    return config_lib.load(TASK_CONFIGS[task], micro(f"data.data_dir={data_dir}", *overrides))
 
 
 def first_batch(run):

@@ -22,8 +22,10 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from vlm_jax import config as config_lib
 from vlm_jax import schema
 from vlm_jax.errors import UserError
+from vlm_jax.models import vlm
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -63,9 +65,23 @@ def _train_args(stage: str, preset: str, workdir: Path, pretrain_dir: Path, over
     return args + [f"--config.{o}" for o in overrides]
 
 
+def for_chosen_encoders(preset: str, model: Sequence[str], extra: Sequence[str]) -> list[str]:
+    """The extra overrides less the options of encoders the variant does not choose (`--config.model.video.
+    vivit.depth=1` sizes the ViViT variants and leaves the others alone)."""
+    config = config_lib.load(f"{CONFIGS / 'pretrain.py'}:{preset}", model)
+    kept = []
+    for override in extra:
+        parts = override.partition("=")[0].split(".")
+        family = parts[1] if len(parts) > 3 and parts[0] == "model" else None
+        if family not in vlm.FAMILIES or parts[2] == config.model[family].name:
+            kept.append(override)
+    return kept
+
+
 def run_variant(name: str, preset: str, out: Path, steps: int | None, extra: Sequence[str], log) -> dict[str, str]:
     """Train the variant's three stages (skipping finished ones); returns {stage: "ok" | failure reason}."""
     model, pretrain_only = VARIANTS[name]
+    extra = for_chosen_encoders(preset, model, extra)
     status = {}
     for stage in STAGES:
         workdir = out / name / stage

@@ -122,8 +122,7 @@ def load_run(workdir: str | Path, step: int | None = None,
     if not (workdir / "config.json").is_file():
         raise UserError(f"{workdir} is not a run directory (no config.json)")
     config = config_lib.load(str(workdir / "config.json"))  # with the defaults of keys added since
-    for override in overrides:
-        config_lib.apply_override(config, override)
+    config_lib.apply_overrides(config, overrides)
     config_lib.validate(config)
     ensure_data(config)
     run = Run(config)
