@@ -192,7 +192,7 @@ def check_keys_and_types(config: ml_collections.ConfigDict) -> None:
     """Every key must be one that `schema.defaults` declares, holding a value of its type (a config file or a
     config.json can add keys that nothing reads: a typo there would be silently ignored). Loss weights
     must name losses of the run's task; empty blocks (`optim.lr_multipliers`) are open maps."""
-    from vlm_jax.train.steps import TASK_LOSSES
+    from vlm_jax.train.steps import TASKS
 
     schema = reference_config(config.get("preset"))
     known = flatten(schema)
@@ -200,8 +200,8 @@ def check_keys_and_types(config: ml_collections.ConfigDict) -> None:
     for key, value in flatten(config).items():
         if any(key == m or key.startswith(m + ".") for m in open_maps):
             continue
-        if key.startswith("losses.") and config.train.task in TASK_LOSSES:  # (validate names a bad task)
-            losses = TASK_LOSSES[config.train.task]
+        if key.startswith("losses.") and config.train.task in TASKS:  # (validate names a bad task)
+            losses = TASKS[config.train.task].losses
             _check(key.removeprefix("losses.") in losses, key, f"is not a loss of train.task={config.train.task!r} "
                    f"(its losses: {', '.join(losses)})", value)
             _check(_is_number(value), key, "must be a number", value)

@@ -174,7 +174,7 @@ class Explainer:
         self.max_text_len = int(data.max_text_len)
         self.frames, self.size = int(data.num_frames), int(data.image_size)
         self.grid = video_token_grid(run)
-        model, qa, grid, fusion = run.model, run.config.train.task == "qa", self.grid, self.fusion
+        model, qa, grid, fusion = run.model, steps.TASKS[run.config.train.task].questions, self.grid, self.fusion
 
         def table(variables, pixels, audio, ids, mask):
             return model.apply(variables, pixels, audio, ids, mask, qa, method=_score_table)
