@@ -129,9 +129,8 @@ def _write_hf(tensors: dict[str, np.ndarray], config: dict, out: Path) -> None:
 
 
 def write_hf_bert(flat: dict[str, np.ndarray], model: Bert, extra: dict, out: Path) -> None:
-    params = {k.removeprefix("params/"): v for k, v in flat.items()}
-    tensors = mapping_lib.to_source(params, hf_bert.mapping(model.depth), "the Bert tower")
-    _write_hf(tensors, extra["hf_config"], out)
+    params = mapping_lib.unflatten({k.removeprefix("params/"): v for k, v in flat.items()})
+    _write_hf(hf_bert.hf_state(params, model), extra["hf_config"], out)
 
 
 def write_hf_vivit(flat: dict[str, np.ndarray], model: ViViT, extra: dict, out: Path) -> None:
