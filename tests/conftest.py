@@ -106,7 +106,7 @@ def train_losses(workdir: Path, key: str = "train/loss") -> dict[int, float]:
 # many short files fill the other worker meanwhile instead of leaving two long files for the end.
 LONGEST_FIRST = ("tests/train/test_train_parallel.py", "tests/run/test_loop.py", "tests/apps/test_apps_cli.py",
                  "tests/apps/test_kinetics.py", "tests/train/test_ladder_overfit.py",
-                 "tests/train/test_ladder_time_and_sound.py", "tests/convert/test_checkpoint_io.py")
+                 "tests/train/test_ladder_time_and_sound.py", "tests/run/test_checkpoint_io.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -391,3 +391,33 @@ def save(explanation: Explanation, out_dir: str | Path, stem: str, size: int = 1
     png = out_dir / f"{stem}.png"
     figure.savefig(png, dpi=100)
     return {"gif": gif, "png": png}
+
+
+# ---------------------------------------------------------------------- files: `vlm explain` and the report
+
+def file_stem(clip_id: str) -> str:
+    """A clip id as a file name (ids of files and data sets may hold any character)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in clip_id) or "clip"
+
+
+def explain_to_files(predictor: Predictor, clip: Clip, text: str, method: str,
+                     out_dir: str | Path) -> tuple[Explanation, dict[str, Path]]:
+    """`explain` the clip and `save` the result into `out_dir`, named after the clip's id: the one naming
+    that `vlm explain` and the report's strips share."""
+    explanation = explain(predictor, clip, text, method)
+    return explanation, save(explanation, out_dir, file_stem(clip.id))
+
+
+def report_explanations(predictor: Predictor, count: int, scratch: Path) -> list[tuple[str, Path]]:
+    """Heatmap strips for the first `count` test clips and their first caption (question, for QA runs): the
+    (title, PNG in `scratch`) pairs that `report.write_report` shows as its explanations."""
+    _, records = pipeline.open_split(predictor.run.spec, "test")
+    field = "questions" if steps.TASKS[predictor.run.config.train.task].questions else "captions"
+    pictures = []
+    for clip in dataset_clips(predictor.run, "test", limit=count).clips:
+        texts = pipeline.texts(records[clip.metadata["position"]][field])
+        if not texts:
+            continue
+        explanation, paths = explain_to_files(predictor, clip, texts[0], "auto", scratch)
+        pictures.append((f"{clip.id}: \"{texts[0]}\" ({explanation.method})", paths["png"]))
+    return pictures
