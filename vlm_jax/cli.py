@@ -93,8 +93,8 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _request(args):
-    from vlm_jax.data import builders
-    return builders.BuildRequest(name=args.name, data_dir=args.data_dir, size=args.size, seed=args.seed,
+    from vlm_jax.data import features
+    return features.BuildRequest(name=args.name, data_dir=args.data_dir, size=args.size, seed=args.seed,
                                  num_frames=args.num_frames, image_size=args.image_size, source=args.source,
                                  captions=args.captions, shape_scale=args.shape_scale, max_objects=args.max_objects)
 
@@ -370,12 +370,12 @@ def _report(args) -> None:
 def _report_explanations(model, count: int, scratch: Path) -> list[tuple[str, Path]]:
     """Heatmap strips for the first `count` test clips and their first caption (question, for QA runs)."""
     from vlm_jax.apps import explain, predictor
-    from vlm_jax.data import pipeline
+    from vlm_jax.data import features, pipeline
     _, records = pipeline.open_split(model.run.spec, "test")
     field = "questions" if model.run.config.train.task == "qa" else "captions"
     pictures = []
     for clip in predictor.dataset_clips(model.run, "test", limit=count).clips:
-        texts = pipeline.texts(records[clip.metadata["position"]][field])
+        texts = features.texts(records[clip.metadata["position"]][field])
         if not texts:
             continue
         explanation = explain.explain(model, clip, texts[0], "auto")
