@@ -43,6 +43,18 @@ def data_dir_of(dataset: Path) -> Path:
     return dataset.parent.parent.parent
 
 
+@pytest.fixture
+def small_size(monkeypatch):
+    # 130 train clips are enough to run the generator in two worker processes.
+    from vlm_jax.data.moving_shapes_tfds import SIZES
+    monkeypatch.setitem(SIZES, "tiny", {"train": 130, "validation": 8, "test": 8, "test_novel": 8})
+
+
+def array_records(path: Path) -> dict[str, bytes]:
+    """A built data set's ArrayRecord files by name, to compare two builds byte for byte."""
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir()) if ".array_record" in p.name}
+
+
 # `vlm train` overrides that shrink the tiny preset until a step compiles in seconds: the same code paths
 # (every pretraining loss, audio, BERT, ViViT, cross-attention fusion), one layer each, 4 frames of 32 px.
 MICRO = ("data.num_frames=4", "data.image_size=32", "data.max_text_len=16", "train.batch_size=8",

@@ -143,15 +143,15 @@ def parse_value(key: str, text: str, expected: type) -> Any:
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Constraints checked before anything is built or compiled; each failure names its key."""
-    from vlm_jax.data import builders  # data sits beside the config, not above it
+    from vlm_jax.data import moving_shapes_tfds, registry  # data sits beside the config, not above it
 
     check_keys_and_types(config)
     data = config.data
-    _check(data.name in ("moving_shapes", "video_folder"), "data.name", "must be moving_shapes or video_folder",
-           data.name)
-    _check(data.name != "video_folder" or data.source, "data.source", "must name a video folder for video_folder",
-           data.source)
-    _check(data.size in builders.SIZES, "data.size", f"must be one of {', '.join(builders.SIZES)}", data.size)
+    _check(data.name in registry.DATASETS, "data.name", f"must be {registry.CHOICES}", data.name)
+    for key, names in registry.DATASETS[data.name].required.items():
+        _check(data[key], f"data.{key}", f"must name {names} for {data.name}", data[key])
+    _check(data.size in moving_shapes_tfds.SIZES, "data.size", f"must be one of {', '.join(moving_shapes_tfds.SIZES)}",
+           data.size)
     for key in ("num_frames", "image_size", "build_frames", "build_image_size", "max_text_len", "max_question_len",
                 "questions_per_clip", "max_objects"):
         _check(isinstance(data[key], int) and data[key] > 0, f"data.{key}", "must be a positive integer", data[key])

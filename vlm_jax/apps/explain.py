@@ -39,7 +39,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from vlm_jax.apps.predictor import Clip, Predictor, dataset_clips
-from vlm_jax.data import pipeline, tokenizer, video_io
+from vlm_jax.data import features, pipeline, tokenizer, video_io
 from vlm_jax.errors import UserError
 from vlm_jax.models import fusion as fusion_lib
 from vlm_jax.models.layers import TokenGrid
@@ -415,7 +415,7 @@ def report_explanations(predictor: Predictor, count: int, scratch: Path) -> list
     field = "questions" if steps.TASKS[predictor.run.config.train.task].questions else "captions"
     pictures = []
     for clip in dataset_clips(predictor.run, "test", limit=count).clips:
-        texts = pipeline.texts(records[clip.metadata["position"]][field])
+        texts = features.texts(records[clip.metadata["position"]][field])
         if not texts:
             continue
         explanation, paths = explain_to_files(predictor, clip, texts[0], "auto", scratch)

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vlm_jax.data import builders, pipeline, tokenizer, video_folder, video_io
+from vlm_jax.data import builders, features, pipeline, tokenizer, video_folder, video_io
 from vlm_jax.errors import UserError
 from vlm_jax.models import decoding
 from vlm_jax.run.build import Run, load_run
@@ -209,9 +209,9 @@ def dataset_clips(run: Run, split: str, limit: int = 0, start: int = 0) -> ClipS
                 skipped.append((f"{split}:{position}", "an unreadable or malformed record"))
                 continue
             metadata = {"source": "dataset", "split": split, "position": position,
-                        "captions": pipeline.texts(example["captions"])}
+                        "captions": features.texts(example["captions"])}
             metadata.update(pipeline.attributes_of(example))
-            yield Clip(pipeline.text(example["id"]), arrays["video"], arrays["audio"], metadata)
+            yield Clip(features.text(example["id"]), arrays["video"], arrays["audio"], metadata)
     return ClipSource(max(0, stop - start), read)
 
 
@@ -236,7 +236,7 @@ def file_clips(run: Run, paths: Sequence[str | Path]) -> ClipSource:
     files = video_files(paths)
     data = run.config.data
     meta = builders.open_dataset(run.spec.dataset_path).info.metadata or {}
-    fps, sample_rate = meta.get("fps"), int(meta.get("sample_rate", builders.SAMPLE_RATE))
+    fps, sample_rate = meta.get("fps"), int(meta.get("sample_rate", features.SAMPLE_RATE))
 
     def decode(path: Path) -> Clip:
         decoded = video_io.decode_video(path, int(data.num_frames), int(data.image_size), fps=fps,

@@ -35,7 +35,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from vlm_jax.data import moving_shapes, pipeline, show
+from vlm_jax.data import features, moving_shapes_language, moving_shapes_scene, pipeline, show
 from vlm_jax.errors import UserError
 
 REPORT_NAME = "report.html"
@@ -54,16 +54,16 @@ RANK_METRICS = ("MdR", "MnR")  # metric names ending so are ranks (lower is bett
 PER_ANSWER_METRIC = re.compile(r"/qa/(precision|recall|f1)_(?!macro)")
 # per-question-kind breakdowns (`qa/f1_macro_direction`): in the tables, not in the validation figure; their
 # accuracies (`<split>/qa/acc_direction`) have a figure and a results table of their own
-PER_KIND_METRIC = re.compile(rf"/qa/\w+_({'|'.join(moving_shapes.QA_TYPES)})$")
-PER_KIND_ACCURACY = re.compile(rf"^([^/]+)/qa/acc_({'|'.join(moving_shapes.QA_TYPES)})$")  # (split, kind)
+PER_KIND_METRIC = re.compile(rf"/qa/\w+_({'|'.join(moving_shapes_language.QA_TYPES)})$")
+PER_KIND_ACCURACY = re.compile(rf"^([^/]+)/qa/acc_({'|'.join(moving_shapes_language.QA_TYPES)})$")  # (split, kind)
 PER_STYLE_RECALL = re.compile(r"/retrieval/t2v_R@1_(\w+)$")  # text-to-video R@1 of one caption style (motion, ...)
 PER_STYLE_METRIC = re.compile(r"/retrieval/t2v_R@\d+_\w+$")  # every per-style recall: kept out of the main figure
-# The accuracy of a uniform guess among the answers that a question type can have (moving_shapes.questions_for):
+# The accuracy of a uniform guess among the answers a question type can have (moving_shapes_language.questions_for):
 # 7 colours, 5 shapes, 7 motions, 4 sounds; count asks how many shapes there are (1-3) or how many move (0-3),
 # taken as 4-way. Order questions are 7-way (colour), 5-way (shape) or yes/no, so its 1/4 is approximate.
-QA_CHANCE = {"colour": 1 / len(moving_shapes.COLOUR_NAMES), "shape": 1 / len(moving_shapes.SHAPES),
-             "count": 1 / len(moving_shapes.COUNT_WORDS), "direction": 1 / len(moving_shapes.MOTIONS),
-             "order": 1 / 4, "sound": 1 / len(moving_shapes.SOUNDS), "yesno": 1 / 2}
+QA_CHANCE = {"colour": 1 / len(moving_shapes_scene.COLOUR_NAMES), "shape": 1 / len(moving_shapes_scene.SHAPES),
+             "count": 1 / len(moving_shapes_language.COUNT_WORDS), "direction": 1 / len(moving_shapes_scene.MOTIONS),
+             "order": 1 / 4, "sound": 1 / len(moving_shapes_scene.SOUNDS), "yesno": 1 / 2}
 BROWSER_IMAGE_TYPES = {"PNG": "image/png", "GIF": "image/gif", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync")
@@ -515,11 +515,11 @@ def _qa_examples(predictor) -> str:
     rows, right = [], 0
     for clip in dataset_clips(predictor.run, EXAMPLES_SPLIT).clips:
         record = records[clip.metadata["position"]]
-        questions, answers = pipeline.texts(record["questions"]), pipeline.texts(record["answers"])
+        questions, answers = features.texts(record["questions"]), features.texts(record["answers"])
         if not questions:
             continue
         pick = len(rows) % len(questions)
-        kinds = pipeline.texts(record["question_types"])
+        kinds = features.texts(record["question_types"])
         kind = kinds[pick] if pick < len(kinds) else ""
         (_, ranked), = predictor.answers([clip], questions[pick], top=3)
         answer, probability = ranked[0]

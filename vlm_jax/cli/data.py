@@ -41,8 +41,8 @@ def _dataset_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _request(args):
-    from vlm_jax.data import builders
-    return builders.BuildRequest(name=args.name, data_dir=args.data_dir, size=args.size, seed=args.seed,
+    from vlm_jax.data import features
+    return features.BuildRequest(name=args.name, data_dir=args.data_dir, size=args.size, seed=args.seed,
                                  num_frames=args.num_frames, image_size=args.image_size, source=args.source,
                                  captions=args.captions, shape_scale=args.shape_scale, max_objects=args.max_objects)
 
