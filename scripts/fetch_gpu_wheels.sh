@@ -6,7 +6,7 @@
 #
 # The GPU image (docs: /work/.library/device/KINDS.md) has python3 3.12 with JAX (CUDA), flax, optax,
 # orbax-checkpoint, chex, einops, torch, transformers, absl-py, etils, cloudpickle, protobuf, psutil,
-# pyarrow, ... but not the packages below, which `import vlm_jax.bench` (config -> ml_collections,
+# pyarrow, ... but not the packages below, which `import vlm_jax.bench.runner` (config -> ml_collections,
 # data.builders -> tensorflow_datasets, data.pipeline -> grain, data.video_io -> av) and their own
 # imports need. Versions are exactly those installed in our .venv (itself installed from setup.py's
 # pins), so the GPU run imports what the tests here ran against.

@@ -105,6 +105,12 @@ def _kwargs(block: Any) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in dict(block).items()}
 
 
+def video_encoder(config: ml_collections.ConfigDict, name: str, **dtypes: Any) -> nn.Module:
+    """The video encoder `name` built from its block of the `model` config (`config.video[name]`); `dtypes`
+    are its `dtype` and `param_dtype`."""
+    return VIDEO_ENCODERS[name](**_kwargs(config.video[name]), **dtypes)
+
+
 def retrieval_uses_audio(config: ml_collections.ConfigDict) -> bool:
     """`model.retrieval_audio` resolved: None means "whenever there is an audio tower"."""
     setting = config.retrieval_audio

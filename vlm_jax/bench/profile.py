@@ -1,24 +1,21 @@
 """Where our side of a `vlm bench` peer spends its time: a `jax.profiler` trace of a few calls, its XLA
-operations summed by kind and by source. `vlm bench` says how fast; this says why.
+operations summed by kind and by source in the model. `vlm bench` says how fast; this says why.
 
-    python -m vlm_jax.bench_profile WORKLOAD [--calls 3] [--trace-dir DIR]
-
-The workloads (`WORKLOADS`) are the peers' own (`bench_peers`, full sizes), and `pretrain`: the small
-preset's pretraining step of the train section (from ./data, built when missing). It prints the time per call of the
-operations by kind (the HLO instruction name's prefix: `dot`, `convolution`, `ynn_fusion` (a matmul fused
-with its neighbours), `while` (the grouped attention of `layers.attend` on CPU is a `lax.map`), ...), by
-source in the model (`sources`: e.g. `backward transformer/layer_*/attention`), and the slowest
-operations. The trace stays in DIR for TensorBoard or Perfetto.
+The workloads (`WORKLOADS`) are the peers' own (`peers`, full sizes), and `pretrain`: the small preset's
+pretraining step of the train section (from ./data, built when missing). The report gives the time per call
+of the operations by kind (the HLO instruction name's prefix: `dot`, `convolution`, `ynn_fusion` (a matmul
+fused with its neighbours), `while` (the grouped attention of `layers.attend` on CPU is a `lax.map`), ...), by
+source in the model (`sources`: e.g. `backward transformer/layer_*/attention`), and the slowest operations.
+The trace stays in its folder for TensorBoard or Perfetto.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import gzip
 import json
+import os
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,56 +24,51 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from vlm_jax import pretrained
+from vlm_jax.bench import peers
+from vlm_jax.bench.presets import load_config
+from vlm_jax.convert import i3d as i3d_convert
+from vlm_jax.data import pipeline
+from vlm_jax.models.video.i3d import I3D
+from vlm_jax.train import loop
+
 WORKLOADS = ("vivit_train", "timesformer_train", "i3d_forward", "minilm_encode", "pretrain")
 
 
 def our_call(workload: str) -> Callable[[], Any]:
     """Our side of the peer `workload`, warmed up (compiled and run once)."""
-    from vlm_jax import bench_peers as peers
-    from vlm_jax.models.video.vivit import ViViT
-
     sizes = peers.VIVIT_SIZES[False]
     if workload == "pretrain":
         call = _pretrain_call()
     elif workload == "minilm_encode":
-        from vlm_jax import pretrained
-
         encoder, texts = pretrained.load_text_encoder(pretrained.MINILM), peers.sentences(640)
 
         def call():
             return encoder.encode(texts, batch_size=64)  # tokenising included, as in the peer; no compiled_text
     elif workload == "i3d_forward":
-        from vlm_jax.convert import i3d as i3d_convert
-        from vlm_jax.models.video.i3d import I3D
-
         model = I3D()
         variables = i3d_convert.load_i3d_kinetics(model)
         forward = jax.jit(lambda v, x: model.apply(v, x, method=I3D.logits))
-        video = jnp.asarray(peers._clips((1, 16, 224, 224, 3))[0])
+        video = jnp.asarray(peers.clips((1, 16, 224, 224, 3))[0])
 
         def call():
             return jax.block_until_ready(forward(variables, video))
 
         call.compiled_text = lambda: forward.lower(variables, video).compile().as_text()
     else:
-        variant, tubelet, batch = (("joint", 2, sizes["batch"]) if workload == "vivit_train"
-                                   else ("factorised_self_attention", 1, peers.TIMESFORMER_BATCH))
-        model = ViViT(variant=variant, pool="cls", width=sizes["hidden"], depth=sizes["layers"],
-                      num_heads=sizes["heads"], mlp_dim=sizes["mlp"], tubelet=(tubelet, sizes["patch"], sizes["patch"]))
-        video, labels = peers._clips((batch, sizes["frames"], sizes["image"], sizes["image"], 3))
+        variant, time_patch, batch = (("joint", 2, sizes["batch"]) if workload == "vivit_train"
+                                      else ("factorised_self_attention", 1, peers.TIMESFORMER_BATCH))
+        model = peers.our_vivit(sizes, variant, time_patch)
+        video, labels = peers.clips((batch, sizes["frames"], sizes["image"], sizes["image"], 3))
         params = jax.jit(model.init)(jax.random.key(0), jnp.asarray(video[:1]))["params"]
-        call, _ = peers._our_train_step(model, params, video, labels)
+        call, _ = peers.our_train_call(model, params, video, labels)
     call()
     return call
 
 
 def _pretrain_call() -> Callable[[], Any]:
     """The small preset's pretraining step (`vlm bench`'s train section) on one real batch."""
-    from vlm_jax import bench
-    from vlm_jax.data import pipeline
-    from vlm_jax.train import loop
-
-    config = bench.load_config("small", "data")
+    config = load_config("small", "data")
     loop.ensure_data(config)
     run = loop.Run(config)
     batch = run.to_device(next(iter(pipeline.train_dataset(run.spec))))
@@ -128,7 +120,14 @@ def sources(compiled_text: str) -> dict[str, str]:
     return named
 
 
-def profile(workload: str, calls: int, trace_dir: Path) -> str:
+def profile(workload: str, calls: int, trace_dir: str | os.PathLike | None) -> str:
+    """The report on `calls` traced calls of `workload` (one of `WORKLOADS`), as markdown tables. The trace
+    goes to `trace_dir`, or to a new temporary folder when it is None or empty."""
+    if workload not in WORKLOADS:
+        raise ValueError(f"unknown workload {workload!r}; choose from {', '.join(WORKLOADS)}")
+    if calls < 1:
+        raise ValueError(f"calls must be at least 1, got {calls}")
+    trace_dir = Path(trace_dir or tempfile.mkdtemp(prefix=f"vlm_profile_{workload}_"))
     call = our_call(workload)
     jax.profiler.start_trace(str(trace_dir))
     start = time.perf_counter()
@@ -138,37 +137,27 @@ def profile(workload: str, calls: int, trace_dir: Path) -> str:
     jax.profiler.stop_trace()
     totals = operation_times(trace_dir)
     named = sources(call.compiled_text()) if hasattr(call, "compiled_text") else {}
+    return _report(workload, calls, trace_dir, wall_ms, totals, named)
+
+
+def _report(workload: str, calls: int, trace_dir: Path, wall_ms: float, totals: collections.Counter,
+            named: dict[str, str]) -> str:
     by_kind: collections.Counter = collections.Counter()
     by_source: collections.Counter = collections.Counter()
     for name, micros in totals.items():
         by_kind[kind(name)] += micros
         by_source[named.get(name, "(unnamed)")] += micros
     total = sum(by_kind.values())
+
+    def table(header: str, rows: list[tuple[str, float]]) -> list[str]:
+        return ["", f"| {header} | ms per call | share |", "|---|---:|---:|",
+                *(f"| {k} | {v / calls / 1e3:.1f} | {100 * v / total:.1f}% |" for k, v in rows)]
+
     lines = [f"{workload}: {wall_ms:.0f} ms per call; its traced operations sum to {total / calls / 1e3:.0f} ms "
              f"({calls} calls, trace in {trace_dir}). Operations on the thread pool overlap, so the sum can exceed "
              "the wall time; work XLA's CPU runtime hands to the pool untraced shows only as waiting for completion.",
-             "", "| kind | ms per call | share |", "|---|---:|---:|"]
-    lines += [f"| {k} | {v / calls / 1e3:.1f} | {100 * v / total:.1f}% |" for k, v in by_kind.most_common(12)]
+             *table("kind", by_kind.most_common(12))]
     if named:
-        lines += ["", "| source | ms per call | share |", "|---|---:|---:|"]
-        lines += [f"| {k} | {v / calls / 1e3:.1f} | {100 * v / total:.1f}% |" for k, v in by_source.most_common(16)]
-    lines += ["", "| slowest operations | ms per call | share |", "|---|---:|---:|"]
-    lines += [f"| {n[:80]} | {v / calls / 1e3:.1f} | {100 * v / total:.1f}% |" for n, v in totals.most_common(10)]
+        lines += table("source", by_source.most_common(16))
+    lines += table("slowest operations", [(n[:80], v) for n, v in totals.most_common(10)])
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vlm_jax.bench_profile", description=__doc__.split("\n\n")[0])
-    parser.add_argument("workload", choices=WORKLOADS)
-    parser.add_argument("--calls", type=int, default=3)
-    parser.add_argument("--trace-dir", default="")
-    args = parser.parse_args(argv)
-    if args.calls < 1:
-        parser.error("--calls must be at least 1")
-    trace_dir = Path(args.trace_dir or tempfile.mkdtemp(prefix=f"vlm_profile_{args.workload}_"))
-    print(profile(args.workload, args.calls, trace_dir))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,15 +1,14 @@
-"""`vlm bench`: the memory section's per-device bytes (8 fake devices, in the bench's own subprocess) and the
-table's number format. Timings are never asserted (the machine is shared); `vlm bench --quick` as a whole
-runs in scripts/demo.sh."""
+"""`vlm bench`'s memory section: per-device bytes (8 fake devices, in the bench's own subprocess). Timings are
+never asserted (the machine is shared); `vlm bench --quick` as a whole runs in scripts/demo.sh."""
 
 from pathlib import Path
 
 import pytest
 
 from conftest import MICRO, data_dir_of
-from vlm_jax import bench
+from vlm_jax.bench import memory
 
-FSDP = bench.MEMORY_FSDP
+FSDP = memory.MEMORY_FSDP
 
 
 def _data_dir(dataset: Path) -> str:
@@ -19,7 +18,7 @@ def _data_dir(dataset: Path) -> str:
 def test_state_per_device_shrinks_with_fsdp(tiny_dataset):
     """Abstract only (no compile): the tiny preset's parameters + optimizer state per device nearly halve
     each time fsdp doubles (the big kernels split over "fsdp"; biases, norms and odd sizes stay whole)."""
-    results = bench.memory(quick=True, data_dir=_data_dir(tiny_dataset))
+    results = memory.memory(quick=True, data_dir=_data_dir(tiny_dataset))
     state = [results[f"memory/tiny/fsdp{k}/state_mb_per_device"] for k in FSDP]
     for bigger, smaller in zip(state, state[1:]):
         assert bigger / 2 <= smaller < bigger, state  # never better than an even split, always smaller
@@ -31,23 +30,10 @@ def test_compiled_memory_accounts_for_the_state(tiny_dataset):
     """The compiled step of the micro model on mesh (2, 4, 1) (one compile, minutes on 2 shared cores):
     its arguments are the state plus the batch entries it reads, and the whole state is donated (aliased
     to the new state)."""
-    results = bench.memory(quick=False, data_dir=_data_dir(tiny_dataset), compiled=True, overrides=MICRO,
-                           fsdp=(4,))
+    results = memory.memory(quick=False, data_dir=_data_dir(tiny_dataset), compiled=True, overrides=MICRO,
+                            fsdp=(4,))
     key = "memory/tiny/fsdp4"
     state = results[f"{key}/state_mb_per_device"]
     assert results[f"{key}/argument_mb"] - results[f"{key}/batch_mb_per_device"] == pytest.approx(state, rel=1e-9)
     assert results[f"{key}/alias_mb"] == pytest.approx(state, rel=1e-9)
     assert results[f"{key}/temp_mb"] > 0
-
-
-def test_table_numbers_keep_three_digits():
-    assert [bench.format_value(v) for v in (1940.4, 74.83, 2.541, 0.3951, 0.01234, 0.0, 12)] == \
-        ["1940", "74.8", "2.54", "0.395", "0.0123", "0", "12.0"]
-    table = bench.markdown_table({"train/tiny/compile_s": 74.83, "train/tiny/checkpoint_save_blocking_s": 0.0123})
-    assert "| train/tiny/checkpoint_save_blocking_s | 0.0123 |" in table
-
-
-def test_mp4_decoding_reads_real_files():
-    """Four written H.264 + AAC files, each decoded to the tiny preset's clip (no timing asserted)."""
-    results = bench.mp4_decoding(quick=True, config=bench.load_config("tiny", "data"))
-    assert set(results) == {"input/mp4/clips_per_s"} and results["input/mp4/clips_per_s"] > 0

@@ -1,15 +1,14 @@
-"""`bench_profile`: a real `jax.profiler` trace of a small jitted call, summed by operation kind. What the
-times are is never asserted, only that the program's own operations are found and the runtime's are not."""
+"""`vlm_jax.bench.profile`: a real `jax.profiler` trace of a small jitted call, summed by operation kind. What
+the times are is never asserted, only that the program's own operations are found and the runtime's are not."""
 
 import jax
 import jax.numpy as jnp
-import pytest
 
-from vlm_jax import bench_profile
+from vlm_jax.bench import profile
 
 
 def test_kind_is_the_instruction_name_prefix():
-    assert [bench_profile.kind(n) for n in ("dot.12", "convolution", "fusion.3.clone", "while.7", "copy_fusion")] \
+    assert [profile.kind(n) for n in ("dot.12", "convolution", "fusion.3.clone", "while.7", "copy_fusion")] \
         == ["dot", "convolution", "fusion", "while", "copy_fusion"]
 
 
@@ -21,12 +20,12 @@ def test_profile_sums_the_traced_operations(monkeypatch, tmp_path):
 
     call.compiled_text = lambda: step.lower(a, b).compile().as_text()
     call()  # compiled before the trace, as `our_call` does
-    monkeypatch.setattr(bench_profile, "our_call", lambda workload: call)
-    report = bench_profile.profile("vivit_train", calls=2, trace_dir=tmp_path)
-    times = bench_profile.operation_times(tmp_path)
+    monkeypatch.setattr(profile, "our_call", lambda workload: call)
+    report = profile.profile("vivit_train", calls=2, trace_dir=tmp_path)
+    times = profile.operation_times(tmp_path)
     hlo = step.lower(a, b).compile().as_text()
     assert times and all(name in hlo for name in times), sorted(times)  # the program's own operations only
-    assert report.startswith("vivit_train:") and f"| {bench_profile.kind(times.most_common(1)[0][0])} |" in report
+    assert report.startswith("vivit_train:") and f"| {profile.kind(times.most_common(1)[0][0])} |" in report
 
 
 def test_sources_unwrap_transformations_and_fold_layers():
@@ -35,12 +34,6 @@ def test_sources_unwrap_transformations_and_fold_layers():
   %dot.2 = f32[64,64]{1,0} dot(%a, %b), metadata={op_name="jit(step)/transpose(jvp(ViViT))/transformer/layer_0/mlp/Dense_1/dot_general"}
   %multiply.1 = f32[64]{0} multiply(%a, %b), metadata={op_name="jit(step)/mul"}
 """
-    assert bench_profile.sources(text) == {"ynn_fusion.75": "forward transformer/layer_*/attention/query",
-                                           "dot.2": "backward transformer/layer_*/mlp/Dense_*",
-                                           "multiply.1": "step"}
-
-
-def test_cli_rejects_an_unknown_workload(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        bench_profile.main(["resnet"])
-    assert exit_info.value.code == 2
+    assert profile.sources(text) == {"ynn_fusion.75": "forward transformer/layer_*/attention/query",
+                                     "dot.2": "backward transformer/layer_*/mlp/Dense_*",
+                                     "multiply.1": "step"}

