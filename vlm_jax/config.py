@@ -44,6 +44,18 @@ def load(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
     return config
 
 
+def for_preset(preset: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
+    """The pretraining config of a preset (`schema.defaults`, what `configs/pretrain.py:PRESET` gives) with
+    overrides, validated: for code that needs a config without a config file (`vlm bench`)."""
+    try:
+        config = schema.defaults(preset)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    apply_overrides(config, overrides)
+    validate(config)
+    return config
+
+
 def _from_file(path: str, arg: str) -> ml_collections.ConfigDict:
     module = load_file(path)
     if not hasattr(module, "get_config"):

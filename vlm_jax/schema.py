@@ -21,6 +21,22 @@ PRESETS = {
     "small": ("small", 16, 64, 32, 3000, 5e-4, "small"),
     "base": ("default", 16, 64, 64, 20000, 3e-4, "base"),
 }
+# What the cpu preset changes in its tiny-sized model and data. At 32 px the shapes are drawn 1.5x larger
+# (a shape's outline needs some pixels), and clips are not cropped or flipped: a crop of 80% of the side
+# cuts into 40% of the objects at this size, and without augmentation cnn2d's direction accuracy was 75%
+# rather than 48% after 1,000 QA steps (docs/research.md). The video encoder is cnn2d, the one that
+# learns time within a CPU budget: a 4x4 grid, and a second trunk over each frame's change since the
+# previous one (single-object direction after 300 QA steps from scratch: 97% with that motion stream,
+# 64% with the changes as extra input channels of the one trunk); two fusion layers, one to read the
+# question and one to look up the object it names. No masked video modelling: its second pass through
+# the encoder is 38% of a pretraining step (1.77 vs 2.45 steps/s), the difference between a variant
+# fitting the 25-minute budget and not. The i3d variant ends at Mixed_3c, a 4x4 map of a 32 px frame
+# (Mixed_5c has one cell: no where, so no which-object).
+CPU_CHANGES = {"data.shape_scale": 1.5, "data.augment.min_crop_scale": 1.0, "data.augment.flip": False,
+               "model.video.name": "cnn2d", "model.video.cnn2d.grid": 4, "model.video.cnn2d.frame_difference": True,
+               "model.video.i3d.final_endpoint": "Mixed_3c", "model.fusion.depth": 2, "losses.mvm": 0.0}
+
+
 # The minimal reference VLM (`configs/seed_baseline.py`, the research table's floor): `model.KEY` choices.
 SEED_BASELINE_MODEL = {"video.name": "linear", "text.name": "linear", "audio.name": None, "fusion.name": "add",
                        "caption.name": "linear"}
@@ -98,6 +114,10 @@ def defaults(preset: str | None = None) -> ml_collections.ConfigDict:
     config.model = vlm.model_config(model_size)
 
     config.losses = ml_collections.ConfigDict({"contrastive": 1.0, "vtm": 1.0, "mlm": 1.0, "mvm": 0.5})
+    if preset == "cpu":
+        for key, value in CPU_CHANGES.items():
+            block, _, name = key.rpartition(".")
+            config[block][name] = value  # ConfigDict resolves the dotted block path
     return config
 
 

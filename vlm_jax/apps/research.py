@@ -27,7 +27,7 @@ from vlm_jax import schema
 from vlm_jax.errors import UserError
 from vlm_jax.models import vlm
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # the checkout's files: each stage runs `vlm train` on one
 
 # name: (model overrides for every run, extra overrides for pretraining only)
 VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -68,7 +68,7 @@ def _train_args(stage: str, preset: str, workdir: Path, pretrain_dir: Path, over
 def for_chosen_encoders(preset: str, model: Sequence[str], extra: Sequence[str]) -> list[str]:
     """The extra overrides less the options of encoders the variant does not choose (`--config.model.video.
     vivit.depth=1` sizes the ViViT variants and leaves the others alone)."""
-    config = config_lib.load(f"{CONFIGS / 'pretrain.py'}:{preset}", model)
+    config = config_lib.for_preset(preset, model)
     kept = []
     for override in extra:
         parts = override.partition("=")[0].split(".")
@@ -178,6 +178,9 @@ def run(preset: str, out: str | Path, variants: Sequence[str] | None = None, ste
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise UserError(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
+    if not CONFIGS.is_dir():
+        raise UserError(f"vlm research trains the repository's config files, and {CONFIGS} is missing: run it "
+                        f"from a checkout installed with `pip install -e .`")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     log = lambda message: print(message, file=sys.stderr, flush=True)

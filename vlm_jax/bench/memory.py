@@ -21,7 +21,7 @@ import numpy as np
 from vlm_jax.bench.common import MB, REPO, compiled_total_bytes, progress, subprocess_env
 from vlm_jax.bench.presets import load_config
 from vlm_jax.data import builders, pipeline
-from vlm_jax.train import loop
+from vlm_jax.run import build
 
 MEMORY_PRESETS = {True: ("tiny",), False: ("tiny", "small")}
 MEMORY_COMPILED_PRESETS = ("tiny",)  # full only: compiling each mesh is slow even at tiny
@@ -96,7 +96,7 @@ def _memory_worker(preset: str, data_dir: str, compiled_fsdp: Sequence[int], ove
     host_batch = None
     for k in fsdp:
         config = load_config(preset, data_dir, [*overrides, f"mesh.shape=({MEMORY_DEVICES // k},{k},1)"])
-        run = loop.Run(config)
+        run = build.Run(config)
         key = f"memory/{preset}/fsdp{k}"
         state = run.factory.abstract()
         state_bytes = per_device_bytes(state)

@@ -7,8 +7,6 @@ from typing import Any, Sequence
 
 from vlm_jax import config as config_lib
 
-CONFIG = config_lib.CONFIGS_DIR / "pretrain.py"
-
 
 def load_config(preset: str, data_dir: str, overrides: Sequence[str] = ()) -> Any:
-    return config_lib.load(f"{CONFIG}:{preset}", [f"data.data_dir={data_dir}", *overrides])
+    return config_lib.for_preset(preset, [f"data.data_dir={data_dir}", *overrides])

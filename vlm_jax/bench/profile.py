@@ -30,7 +30,7 @@ from vlm_jax.bench.presets import load_config
 from vlm_jax.convert import i3d as i3d_convert
 from vlm_jax.data import pipeline
 from vlm_jax.models.video.i3d import I3D
-from vlm_jax.train import loop
+from vlm_jax.run import build
 
 WORKLOADS = ("vivit_train", "timesformer_train", "i3d_forward", "minilm_encode", "pretrain")
 
@@ -69,8 +69,8 @@ def our_call(workload: str) -> Callable[[], Any]:
 def _pretrain_call() -> Callable[[], Any]:
     """The small preset's pretraining step (`vlm bench`'s train section) on one real batch."""
     config = load_config("small", "data")
-    loop.ensure_data(config)
-    run = loop.Run(config)
+    build.ensure_data(config)
+    run = build.Run(config)
     batch = run.to_device(next(iter(pipeline.train_dataset(run.spec))))
     holder = {"state": run.factory.create()}
 

@@ -1,4 +1,4 @@
-"""The `train` section: the real pretraining step (`loop.Run(config).train_step`, with its mesh, shardings
+"""The `train` section: the real pretraining step (`build.Run(config).train_step`, with its mesh, shardings
 and donated state) on real batches: init, compile and step times, FLOPs and MFU, peak RSS and, quick only,
 one checkpoint save and restore. The metrics are described in docs/bench.md."""
 
@@ -18,7 +18,7 @@ from vlm_jax.bench.common import MB, progress
 from vlm_jax.bench.presets import load_config
 from vlm_jax.data import pipeline
 from vlm_jax.train import checkpoint as checkpoint_lib
-from vlm_jax.train import loop
+from vlm_jax.run import build, loop
 
 TRAIN_STEPS = {True: {"tiny": 5}, False: {"small": 2}}  # quick -> {preset: timed steps}
 
@@ -37,8 +37,8 @@ def train(quick: bool, data_dir: str, peaks: dict[str, float]) -> dict[str, floa
 def train_preset(preset: str, num_steps: int, data_dir: str, peaks: dict[str, float],
                  time_checkpoint: bool) -> dict[str, float]:
     config = load_config(preset, data_dir)
-    loop.ensure_data(config)
-    run = loop.Run(config)
+    build.ensure_data(config)
+    run = build.Run(config)
     key = f"train/{preset}"
     results: dict[str, float] = {}
 
