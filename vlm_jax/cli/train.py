@@ -75,7 +75,7 @@ def _train(args) -> None:
     config = config_lib.load(args.config, args.overrides)  # bad configs fail before any device is touched
     _init_distributed(args)
     compilation_cache()
-    from vlm_jax.apps import report
+    from vlm_jax.apps import run_files
     from vlm_jax.eval import evaluators
     from vlm_jax.run import loop
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -85,18 +85,18 @@ def _train(args) -> None:
     results = loop.train(config, args.workdir, evaluators=evaluators.evaluators_for(config))
     import jax
     if jax.process_index() == 0:
-        print(report.metrics_table(results))
+        print(run_files.metrics_table(results))
         print(f"wrote {args.workdir}/results.json, metrics.jsonl, config.json, checkpoints/, tensorboard/")
 
 
 def _eval(args) -> None:
     _init_distributed(args)
     inference_setup()
-    from vlm_jax.apps import report
+    from vlm_jax.apps import run_files
     from vlm_jax.eval import runner
     tasks = [t for t in args.tasks.split(",") if t] if args.tasks else None
     results = runner.evaluate(args.workdir, args.split or None, tasks, args.step, args.overrides)
     import jax
     if jax.process_index() == 0:
-        print(report.metrics_table(results))
+        print(run_files.metrics_table(results))
         print(f"merged into {args.workdir}/results.json")
