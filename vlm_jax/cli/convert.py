@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from vlm_jax.cli.common import inference_setup, non_negative_int, subcommands
+from vlm_jax.cli.common import inference_setup, non_negative_int, positive_int, subcommands
 from vlm_jax.errors import UserError
 
 TOWER_SOURCES = {"hf_bert": "a Hugging Face BERT folder (config.json, model.safetensors), e.g. MiniLM",
@@ -27,6 +27,15 @@ def register(commands: argparse._SubParsersAction) -> None:
                            help="run the source implementation and ours on one input; print the max abs difference")
         tower.add_argument("--ignore", nargs="+", default=[], help="source tensor names to skip")
         tower.set_defaults(func=_convert_tower, kind=kind)
+    inflate = convert_commands.add_parser("vit_inflate", help="a Hugging Face image ViT folder -> a joint ViViT "
+                                          "tower file (2D patch kernels inflated to 3D tubelets)")
+    inflate.add_argument("--src", required=True, help="the ViT folder (config.json, model.safetensors)")
+    inflate.add_argument("--out", required=True, help="the tower .safetensors (`init_from.video_encoder=OUT`)")
+    inflate.add_argument("--num_frames", type=positive_int, required=True, help="frames per clip")
+    inflate.add_argument("--tubelet_time", type=positive_int, default=2, help="frames per tubelet")
+    inflate.add_argument("--method", choices=("central", "average"), default="central",
+                         help="the 2D kernel on the tubelet's central frame (ViViT), or divided over its frames (I3D)")
+    inflate.set_defaults(func=_convert_inflate)
     export = convert_commands.add_parser("export", help="a run's checkpoint -> one .safetensors or .npz")
     export.add_argument("--workdir", required=True)
     export.add_argument("--out", required=True, help="FILE.safetensors or FILE.npz")
@@ -53,6 +62,13 @@ def _convert_tower(args) -> None:
     report = towers.convert(args.kind, args.src, args.out, reverse=args.reverse, verify=args.verify,
                             ignore=tuple(args.ignore))
     print(json.dumps(report, indent=2))
+
+
+def _convert_inflate(args) -> None:
+    inference_setup()
+    from vlm_jax.convert import inflate
+    print(json.dumps(inflate.inflate_folder(args.src, args.out, args.num_frames, args.tubelet_time, args.method),
+                     indent=2))
 
 
 def _convert_export(args) -> None:
