@@ -1,5 +1,6 @@
 """Shared fixtures. The tiny moving_shapes set is built once per session, through the CLI."""
 
+import functools
 import json
 import os
 import subprocess
@@ -77,10 +78,18 @@ def compilation_cache(tmp_path_factory):
         os.environ["VLM_COMPILATION_CACHE"] = previous
 
 
-def chosen_towers_only(overrides: Sequence[str]) -> list[str]:
-    """`overrides` less the options of the tiny preset's towers that they replace by another encoder (an
-    option of an encoder a config does not choose is an error): base overrides can size every default tower."""
-    chosen = {"video": "vivit", "text": "bert", "audio": "audio_transformer"}  # the tiny preset's towers
+@functools.lru_cache
+def towers_of(config: str) -> dict[str, str | None]:
+    """The encoder each family of a config (`FILE:preset`, relative to the repository) chooses."""
+    from vlm_jax import config as config_lib
+    loaded = config_lib.load(str(REPO / config))
+    return {family: loaded.model[family].name for family in ("video", "text", "audio")}
+
+
+def chosen_towers_only(overrides: Sequence[str], config: str = "configs/pretrain.py:tiny") -> list[str]:
+    """`overrides` less the options of towers that neither `config` nor they choose (an option of an
+    encoder a config does not choose is an error): base overrides can size every tiny-preset tower."""
+    chosen = dict(towers_of(config))
     for override in overrides:
         key, _, value = override.partition("=")
         family = key.removeprefix("model.").removesuffix(".name")
@@ -93,15 +102,15 @@ def chosen_towers_only(overrides: Sequence[str]) -> list[str]:
     return [o for o in overrides if not unchosen(o)]
 
 
-def micro(*overrides: str) -> list[str]:
-    """MICRO, then `overrides`, for the towers they choose."""
-    return chosen_towers_only([*MICRO, *overrides])
+def micro(*overrides: str, config: str = "configs/pretrain.py:tiny") -> list[str]:
+    """MICRO, then `overrides`, for the towers `config` and they choose."""
+    return chosen_towers_only([*MICRO, *overrides], config)
 
 
 def train_args(dataset: Path, workdir: Path, *overrides: str, config: str = "configs/pretrain.py:tiny") -> list[str]:
     """`vlm train` arguments for the micro model on the session's tiny data set."""
     return ["train", "--config", config, "--workdir", str(workdir), f"--config.data.data_dir={data_dir_of(dataset)}",
-            *(f"--config.{o}" for o in micro(*overrides))]
+            *(f"--config.{o}" for o in micro(*overrides, config=config))]
 
 
 def train_losses(workdir: Path, key: str = "train/loss") -> dict[int, float]:
