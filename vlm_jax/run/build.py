@@ -64,10 +64,10 @@ class Run:
         accumulation = int(optim_config.grad_accum_steps)
         if int(optim_config.total_steps) <= 0:  # -1: derived from the run length
             optim_config.total_steps = max(1, config.train.num_steps // accumulation)
-            if optim_config.warmup_steps >= optim_config.total_steps:
-                raise UserError(f"optim.warmup_steps ({optim_config.warmup_steps}) must be smaller than the run's "
-                                f"{optim_config.total_steps} optimizer updates (train.num_steps / "
-                                f"optim.grad_accum_steps); lower optim.warmup_steps")
+            if optim_config.warmup_steps >= optim_config.total_steps:  # a preset's warmup, a shortened run
+                log.warning("optim.warmup_steps (%d) is not below the run's %d optimizer updates: warming up over "
+                            "%d", optim_config.warmup_steps, optim_config.total_steps, optim_config.total_steps - 1)
+                optim_config.warmup_steps = optim_config.total_steps - 1
         self.schedule = optim.schedule(optim_config)
         self.accumulation = accumulation
 
