@@ -155,7 +155,7 @@ def parse_value(key: str, text: str, expected: type) -> Any:
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Constraints checked before anything is built or compiled; each failure names its key."""
-    from vlm_jax.data import moving_shapes_tfds, registry  # data sits beside the config, not above it
+    from vlm_jax.data import moving_shapes_tfds, registry  # here, so that `vlm --help` loads no TFDS
 
     check_keys_and_types(config)
     data = config.data
@@ -206,9 +206,9 @@ def check_keys_and_types(config: ml_collections.ConfigDict) -> None:
     must name losses of the run's task; empty blocks (`optim.lr_multipliers`) are open maps."""
     from vlm_jax.train.steps import TASKS
 
-    schema = reference_config(config.get("preset"))
-    known = flatten(schema)
-    open_maps = [key for key, value in _blocks(schema) if not value]
+    reference = reference_config(config.get("preset"))
+    known = flatten(reference)
+    open_maps = [key for key, value in _blocks(reference) if not value]
     for key, value in flatten(config).items():
         if any(key == m or key.startswith(m + ".") for m in open_maps):
             continue
@@ -221,7 +221,7 @@ def check_keys_and_types(config: ml_collections.ConfigDict) -> None:
         if key not in known:
             _unknown(key, known)
         *parents, leaf = key.split(".")
-        node = schema
+        node = reference
         for parent in parents:
             node = node[parent]
         expected = node.get_type(leaf)
