@@ -12,10 +12,8 @@ has a video and a text input only.
 from pathlib import Path
 
 from vlm_jax import config as config_lib
+from vlm_jax import schema
 
-# The model block's choices, as `model.KEY` overrides of any preset.
-MODEL = {"video.name": "linear", "text.name": "linear", "audio.name": None, "fusion.name": "add",
-         "caption.name": "linear"}
 TASK_CONFIGS = {"pretrain": "pretrain.py", "retrieval": "finetune_retrieval.py", "qa": "finetune_qa.py",
                 "caption": "finetune_caption.py"}
 
@@ -26,7 +24,7 @@ def get_config(arg=None):
     if (task or "pretrain") not in TASK_CONFIGS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASK_CONFIGS)}")
     config = config_lib.load_file(Path(__file__).with_name(TASK_CONFIGS[task or "pretrain"])).get_config(preset)
-    for key, value in MODEL.items():
+    for key, value in schema.SEED_BASELINE_MODEL.items():
         block, name = key.split(".")
         config.model[block][name] = value
     return config

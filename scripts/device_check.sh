@@ -96,10 +96,10 @@ fi
 export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 
-step "import vlm_jax.bench and its sections"
-if ! missing=$("$PYTHON" -c "import vlm_jax.bench, vlm_jax.bench_peers" 2>&1); then
+step "import vlm_jax.bench.runner and its sections"
+if ! missing=$("$PYTHON" -c "import vlm_jax.bench.runner" 2>&1); then
   echo "$missing" | tail -n 5 >&2
-  echo "device_check: vlm_jax.bench does not import here: fetch the missing package in scripts/fetch_gpu_wheels.sh" >&2
+  echo "device_check: vlm_jax.bench.runner does not import here: fetch the missing package in scripts/fetch_gpu_wheels.sh" >&2
   exit 1
 fi
 bench_help=$("$PYTHON" -m vlm_jax bench --help)

@@ -6,7 +6,7 @@
 #
 # The GPU image (docs: /work/.library/device/KINDS.md) has python3 3.12 with JAX (CUDA), flax, optax,
 # orbax-checkpoint, chex, einops, torch, transformers, absl-py, etils, cloudpickle, protobuf, psutil,
-# pyarrow, ... but not the packages below, which `import vlm_jax.bench` (config -> ml_collections,
+# pyarrow, ... but not the packages below, which `import vlm_jax.bench.runner` (config -> ml_collections,
 # data.builders -> tensorflow_datasets, data.pipeline -> grain, data.video_io -> av) and their own
 # imports need. Versions are exactly those installed in our .venv (itself installed from setup.py's
 # pins), so the GPU run imports what the tests here ran against.
@@ -38,7 +38,7 @@ MISSING=(
   dm-tree                    # tensorflow_datasets, when it builds a data set
   importlib-resources        # tensorflow_datasets without TensorFlow (setup.py)
   av                         # vlm_jax.data.video_io (module level in vlm_jax.data.pipeline); ~36 MB
-  tensorboardX               # vlm_jax.train.loop's summary writer
+  tensorboardX               # vlm_jax.run.loop's summary writer
 )
 # On the GPU machine already, but maybe older than our protos / grain need (protobuf: the generated
 # code in googleapis-common-protos wants runtime >= 6.33.5). device_check.sh installs these only

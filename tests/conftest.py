@@ -1,10 +1,12 @@
 """Shared fixtures. The tiny moving_shapes set is built once per session, through the CLI."""
 
+import functools
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import pytest
 
@@ -42,6 +44,18 @@ def data_dir_of(dataset: Path) -> Path:
     return dataset.parent.parent.parent
 
 
+@pytest.fixture
+def small_size(monkeypatch):
+    # 130 train clips are enough to run the generator in two worker processes.
+    from vlm_jax.data.moving_shapes_tfds import SIZES
+    monkeypatch.setitem(SIZES, "tiny", {"train": 130, "validation": 8, "test": 8, "test_novel": 8})
+
+
+def array_records(path: Path) -> dict[str, bytes]:
+    """A built data set's ArrayRecord files by name, to compare two builds byte for byte."""
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir()) if ".array_record" in p.name}
+
+
 # `vlm train` overrides that shrink the tiny preset until a step compiles in seconds: the same code paths
 # (every pretraining loss, audio, BERT, ViViT, cross-attention fusion), one layer each, 4 frames of 32 px.
 MICRO = ("data.num_frames=4", "data.image_size=32", "data.max_text_len=16", "train.batch_size=8",
@@ -64,10 +78,39 @@ def compilation_cache(tmp_path_factory):
         os.environ["VLM_COMPILATION_CACHE"] = previous
 
 
+@functools.lru_cache
+def towers_of(config: str) -> dict[str, str | None]:
+    """The encoder each family of a config (`FILE:preset`, relative to the repository) chooses."""
+    from vlm_jax import config as config_lib
+    loaded = config_lib.load(str(REPO / config))
+    return {family: loaded.model[family].name for family in ("video", "text", "audio")}
+
+
+def chosen_towers_only(overrides: Sequence[str], config: str = "configs/pretrain.py:tiny") -> list[str]:
+    """`overrides` less the options of towers that neither `config` nor they choose (an option of an
+    encoder a config does not choose is an error): base overrides can size every tiny-preset tower."""
+    chosen = dict(towers_of(config))
+    for override in overrides:
+        key, _, value = override.partition("=")
+        family = key.removeprefix("model.").removesuffix(".name")
+        if key == f"model.{family}.name" and family in chosen:
+            chosen[family] = value
+
+    def unchosen(override: str) -> bool:
+        parts = override.partition("=")[0].split(".")
+        return len(parts) > 3 and parts[0] == "model" and parts[1] in chosen and parts[2] != chosen[parts[1]]
+    return [o for o in overrides if not unchosen(o)]
+
+
+def micro(*overrides: str, config: str = "configs/pretrain.py:tiny") -> list[str]:
+    """MICRO, then `overrides`, for the towers `config` and they choose."""
+    return chosen_towers_only([*MICRO, *overrides], config)
+
+
 def train_args(dataset: Path, workdir: Path, *overrides: str, config: str = "configs/pretrain.py:tiny") -> list[str]:
     """`vlm train` arguments for the micro model on the session's tiny data set."""
     return ["train", "--config", config, "--workdir", str(workdir), f"--config.data.data_dir={data_dir_of(dataset)}",
-            *(f"--config.{o}" for o in (*MICRO, *overrides))]
+            *(f"--config.{o}" for o in micro(*overrides, config=config))]
 
 
 def train_losses(workdir: Path, key: str = "train/loss") -> dict[int, float]:
@@ -82,9 +125,9 @@ def train_losses(workdir: Path, key: str = "train/loss") -> dict[int, float]:
 
 # Files that hold the longest runs go first, so that with `pytest -n 2 --dist loadfile` (scripts/test.sh) the
 # many short files fill the other worker meanwhile instead of leaving two long files for the end.
-LONGEST_FIRST = ("tests/train/test_train_parallel.py", "tests/train/test_loop.py", "tests/apps/test_apps_cli.py",
+LONGEST_FIRST = ("tests/train/test_train_parallel.py", "tests/run/test_loop.py", "tests/apps/test_apps_cli.py",
                  "tests/apps/test_kinetics.py", "tests/train/test_ladder_overfit.py",
-                 "tests/train/test_ladder_time_and_sound.py", "tests/convert/test_run_checkpoint.py")
+                 "tests/train/test_ladder_time_and_sound.py", "tests/run/test_checkpoint_io.py")
 
 
 def pytest_collection_modifyitems(config, items):

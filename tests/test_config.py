@@ -65,13 +65,28 @@ def test_bad_file_and_preset():
         config_lib.load(f"{PRETRAIN}:huge")
 
 
-def test_written_config_reloads_equal(tmp_path):
-    config = config_lib.load(f"{PRETRAIN}:small", ["seed=7"])
+def test_written_config_holds_the_chosen_encoders_only_and_reloads_equal(tmp_path):
+    config = config_lib.load(f"{PRETRAIN}:small", ["seed=7", "model.video.name=cnn2d", "model.audio.name=None"])
     path = config_lib.write(config, tmp_path / "run")
-    assert json.loads(path.read_text())["seed"] == 7
-    as_json = json.loads(json.dumps(config_lib.flatten(config)))  # tuples, nested too, become lists
-    assert config_lib.flatten(config_lib.from_json(path)) == as_json
-    assert config_lib.flatten(config_lib.load(str(path))) == as_json  # `--config RUN/config.json`
+    written = json.loads(path.read_text())
+    assert written["seed"] == 7
+    assert written["model"]["video"].keys() == {"name", "cnn2d"} and written["model"]["text"].keys() == {"name", "bert"}
+    assert written["model"]["audio"] == {"name": None}
+    as_json = lambda c: json.loads(json.dumps(config_lib.flatten(c)))  # tuples, nested too, become lists
+    assert as_json(config_lib.load(str(path))) == as_json(config)  # `--config RUN/config.json`
+
+
+@pytest.mark.parametrize("overrides, key, chosen", [
+    (["model.video.vivit.depth=1", "model.video.name=cnn2d"], "model.video.vivit.depth", "'cnn2d'"),
+    (["model.audio.name=None", "model.audio.audio_transformer.depth=1"], "model.audio.audio_transformer.depth",
+     "None"),
+])
+def test_an_option_of_an_encoder_the_config_does_not_choose_is_an_error(overrides, key, chosen):
+    with pytest.raises(UserError) as error:
+        config_lib.load(f"{PRETRAIN}:tiny", overrides)
+    assert str(error.value) == (f"config key {key} sets an option of {key.split('.')[2]}, but "
+                                f"model.{key.split('.')[1]}.name is {chosen}: it would be ignored")
+    config_lib.load(f"{PRETRAIN}:tiny", [*overrides, f"model.{key.split('.')[1]}.name={key.split('.')[2]}"])
 
 
 USER_CONFIG = '''

@@ -17,11 +17,10 @@ from typing import Any, Iterable
 
 import ml_collections
 
+from vlm_jax import schema
 from vlm_jax.errors import UserError
 
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
-# The reference config: every key a config may hold, and the type of each, is the one pretrain.py declares.
-CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def load(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
@@ -40,8 +39,19 @@ def load(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
         add_missing(config, defaults)
     else:
         config = _from_file(path, arg)
-    for override in overrides:
-        apply_override(config, override)
+    apply_overrides(config, overrides)
+    validate(config)
+    return config
+
+
+def for_preset(preset: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
+    """The pretraining config of a preset (`schema.defaults`, what `configs/pretrain.py:PRESET` gives) with
+    overrides, validated: for code that needs a config without a config file (`vlm bench`)."""
+    try:
+        config = schema.defaults(preset)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    apply_overrides(config, overrides)
     validate(config)
     return config
 
@@ -80,8 +90,23 @@ def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, An
     return flat
 
 
-def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
-    """Set `key.path=value` in place; unknown keys and badly typed values raise UserError."""
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str]) -> None:
+    """Apply `key.path=value` overrides in order; one that sets an option of an encoder the config does not
+    choose (`model.video.vivit.depth` with `model.video.name=cnn2d`) would be ignored, so it is an error."""
+    from vlm_jax.models import vlm
+
+    keys = [apply_override(config, override) for override in overrides]
+    for key in keys:
+        parts = key.split(".")
+        if len(parts) > 3 and parts[0] == "model" and parts[2] in vlm.FAMILIES.get(parts[1], {}):
+            chosen = config.model[parts[1]].name
+            if parts[2] != chosen:
+                raise UserError(f"config key {key} sets an option of {parts[2]}, but model.{parts[1]}.name is "
+                                f"{chosen!r}: it would be ignored")
+
+
+def apply_override(config: ml_collections.ConfigDict, override: str) -> str:
+    """Set `key.path=value` in place and return the key; unknown keys and badly typed values raise UserError."""
     key, sep, text = override.partition("=")
     key = key.removeprefix("--config.").strip()
     if not sep or not key:
@@ -94,6 +119,7 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
     for parent in parents:
         node = node[parent]
     node[leaf] = parse_value(key, text, node.get_type(leaf))
+    return key
 
 
 def _unknown(key: str, known: Iterable[str]) -> None:
@@ -129,15 +155,15 @@ def parse_value(key: str, text: str, expected: type) -> Any:
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Constraints checked before anything is built or compiled; each failure names its key."""
-    from vlm_jax.data import builders  # data sits beside the config, not above it
+    from vlm_jax.data import moving_shapes_tfds, registry  # here, so that `vlm --help` loads no TFDS
 
     check_keys_and_types(config)
     data = config.data
-    _check(data.name in ("moving_shapes", "video_folder"), "data.name", "must be moving_shapes or video_folder",
-           data.name)
-    _check(data.name != "video_folder" or data.source, "data.source", "must name a video folder for video_folder",
-           data.source)
-    _check(data.size in builders.SIZES, "data.size", f"must be one of {', '.join(builders.SIZES)}", data.size)
+    _check(data.name in registry.DATASETS, "data.name", f"must be {registry.CHOICES}", data.name)
+    for key, names in registry.DATASETS[data.name].required.items():
+        _check(data[key], f"data.{key}", f"must name {names} for {data.name}", data[key])
+    _check(data.size in moving_shapes_tfds.SIZES, "data.size", f"must be one of {', '.join(moving_shapes_tfds.SIZES)}",
+           data.size)
     for key in ("num_frames", "image_size", "build_frames", "build_image_size", "max_text_len", "max_question_len",
                 "questions_per_clip", "max_objects"):
         _check(isinstance(data[key], int) and data[key] > 0, f"data.{key}", "must be a positive integer", data[key])
@@ -163,10 +189,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _check(value in names, key, f"must be one of {', '.join(map(str, names))}", value)
     for key, allowed, value in vlm.field_problems(config.model):
         _check(False, key, f"must be one of {allowed}", value)
-    if config.model.fusion.name == "dual":  # a dual encoder: no fused tokens to match or to fill in
+    if not fusion.FUSIONS[config.model.fusion.name].MIXES_TOKENS:  # no fused tokens to match or to fill in
         for loss in ("vtm", "mlm"):
-            _check(not config.losses.get(loss, 0.0), f"losses.{loss}", "must be 0 with model.fusion.name=dual",
-                   config.losses.get(loss))
+            _check(not config.losses.get(loss, 0.0), f"losses.{loss}",
+                   f"must be 0 with model.fusion.name={config.model.fusion.name}", config.losses.get(loss))
     _check(len(config.mesh.shape) == len(config.mesh.axes), "mesh.shape", "must have one entry per mesh.axes",
            config.mesh.shape)
     _check(list(config.mesh.shape).count(-1) <= 1, "mesh.shape", "may hold at most one -1", config.mesh.shape)
@@ -175,19 +201,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def check_keys_and_types(config: ml_collections.ConfigDict) -> None:
-    """Every key must be one that pretrain.py declares, holding a value of its type (a config file or a
+    """Every key must be one that `schema.defaults` declares, holding a value of its type (a config file or a
     config.json can add keys that nothing reads: a typo there would be silently ignored). Loss weights
     must name losses of the run's task; empty blocks (`optim.lr_multipliers`) are open maps."""
-    from vlm_jax.train.steps import TASK_LOSSES
+    from vlm_jax.train.steps import TASKS
 
-    schema = reference_config(config.get("preset"))
-    known = flatten(schema)
-    open_maps = [key for key, value in _blocks(schema) if not value]
+    reference = reference_config(config.get("preset"))
+    known = flatten(reference)
+    open_maps = [key for key, value in _blocks(reference) if not value]
     for key, value in flatten(config).items():
         if any(key == m or key.startswith(m + ".") for m in open_maps):
             continue
-        if key.startswith("losses.") and config.train.task in TASK_LOSSES:  # (validate names a bad task)
-            losses = TASK_LOSSES[config.train.task]
+        if key.startswith("losses.") and config.train.task in TASKS:  # (validate names a bad task)
+            losses = TASKS[config.train.task].losses
             _check(key.removeprefix("losses.") in losses, key, f"is not a loss of train.task={config.train.task!r} "
                    f"(its losses: {', '.join(losses)})", value)
             _check(_is_number(value), key, "must be a number", value)
@@ -195,7 +221,7 @@ def check_keys_and_types(config: ml_collections.ConfigDict) -> None:
         if key not in known:
             _unknown(key, known)
         *parents, leaf = key.split(".")
-        node = schema
+        node = reference
         for parent in parents:
             node = node[parent]
         expected = node.get_type(leaf)
@@ -204,9 +230,9 @@ def check_keys_and_types(config: ml_collections.ConfigDict) -> None:
 
 
 def reference_config(preset: str | None) -> ml_collections.ConfigDict:
-    """pretrain.py's config for `preset` (its default when the preset is not one of pretrain.py's)."""
-    pretrain = load_file(CONFIGS_DIR / "pretrain.py")
-    return pretrain.get_config(preset if preset in pretrain.PRESETS else None)
+    """Every key a config may hold, with its type and default: `schema.defaults` of `preset` (of the
+    default preset when it is not one of `schema.PRESETS`)."""
+    return schema.defaults(preset if preset in schema.PRESETS else None)
 
 
 def _blocks(config: ml_collections.ConfigDict, prefix: str = ""):
@@ -245,10 +271,19 @@ def _check(ok: bool, key: str, constraint: str, value: Any) -> None:
 
 
 def write(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
-    """Write the resolved config as workdir/config.json, so the run can be reproduced."""
+    """Write the resolved config as workdir/config.json, so the run can be reproduced: each encoder family
+    with the block of its chosen encoder only (`load` completes the others from `schema.defaults`)."""
+    from vlm_jax.models import vlm
+
+    written = config.to_dict()
+    for family, encoders in vlm.FAMILIES.items():
+        block = written["model"][family]
+        for name in encoders:
+            if name != block["name"]:
+                block.pop(name, None)
     path = Path(workdir) / "config.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list) + "\n")
+    path.write_text(json.dumps(written, indent=2, sort_keys=True, default=list) + "\n")
     return path
 
 

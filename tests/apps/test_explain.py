@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import MICRO, REPO, data_dir_of, run_vlm, train_args
+from conftest import REPO, data_dir_of, micro, run_vlm, train_args
 from vlm_jax.errors import UserError
 
 STEPS = 4
@@ -31,10 +31,10 @@ def dual_qa_run(tiny_dataset, tmp_path_factory):
     """An untrained QA model with a dual-encoder fusion and a single-frame video tower, and a test clip."""
     from vlm_jax import config as config_lib
     from vlm_jax.apps import predictor as predictor_lib
-    from vlm_jax.train.loop import Run
+    from vlm_jax.run.build import Run
     data_dir = data_dir_of(tiny_dataset)
     config = config_lib.load(str(REPO / "configs/finetune_qa.py") + ":tiny", [
-        f"data.data_dir={data_dir}", *MICRO, "model.fusion.name=dual", "model.video.name=single_frame"])
+        f"data.data_dir={data_dir}", *micro("model.fusion.name=dual", "model.video.name=single_frame")])
     run = Run(config)
     predictor = predictor_lib.Predictor(run, run.factory.create(), 0, tmp_path_factory.mktemp("explain_qa"))
     clip = next(predictor_lib.referenced_clips(run, ["test:0"]).clips)
@@ -226,9 +226,9 @@ def test_gradient_on_a_dual_encoder_sees_only_the_frames_the_model_sees(dual_qa_
 def test_auto_takes_attention_only_where_it_can_point_in_space(tiny_dataset, overrides, method):
     from vlm_jax import config as config_lib
     from vlm_jax.apps import explain
-    from vlm_jax.train.loop import Run
+    from vlm_jax.run.build import Run
     config = config_lib.load(str(REPO / "configs/pretrain.py") + ":tiny", [
-        f"data.data_dir={data_dir_of(tiny_dataset)}", *MICRO, *overrides])
+        f"data.data_dir={data_dir_of(tiny_dataset)}", *micro(*overrides)])
     assert explain.resolve_method(Run(config), "auto") == method
 
 

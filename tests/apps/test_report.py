@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_vlm, train_args
+from vlm_jax.apps import page as webpage
 from vlm_jax.apps import report
 from vlm_jax.errors import UserError
 
@@ -86,7 +87,7 @@ def test_every_image_is_embedded_and_nothing_is_referenced(page):
     assert not [tag for tag, attrs in tags if tag in ("script", "link", "iframe", "object", "embed")]
     assert not [attrs for tag, attrs in tags if tag != "img" and ("src" in attrs or "href" in attrs and
                                                                    not attrs["href"].startswith("#"))]
-    assert f'content="{report.CONTENT_SECURITY_POLICY}"' in page
+    assert f'content="{webpage.CONTENT_SECURITY_POLICY}"' in page
 
 
 def test_sections_match_a_pretraining_run(page, run_dir):
@@ -138,13 +139,13 @@ def _fake_run(workdir, config, metrics):
 def _figures(monkeypatch) -> dict:
     """Filled, as the report is written, with each figure it embeds, by alt text."""
     figures = {}
-    embed = report._figure_img
+    embed = webpage.figure_img
 
     def record(figure, alt):
         figures[alt] = figure
         return embed(figure, alt)
 
-    monkeypatch.setattr(report, "_figure_img", record)
+    monkeypatch.setattr(webpage, "figure_img", record)
     return figures
 
 
@@ -263,11 +264,11 @@ def test_a_directory_that_is_not_a_finished_run_is_a_one_line_user_error(tmp_pat
 
 
 def test_pipe_tables_to_html():
-    converted = report.pipe_tables_to_html(RESEARCH_MD + "\n| not | a table |\n\n| x | y |\n|:-|-:|\n| 1 |\n")
+    converted = webpage.pipe_tables_to_html(RESEARCH_MD + "\n| not | a table |\n\n| x | y |\n|:-|-:|\n| 1 |\n")
     assert converted.count("<table") == 2 and ">not<" not in converted and "prose" not in converted
     assert '<th style="text-align:center">note</th>' in converted
     assert '<td style="text-align:right"></td>' in converted  # a short row is padded
-    assert report.pipe_tables_to_html("no | table here") == ""
+    assert webpage.pipe_tables_to_html("no | table here") == ""
 
 
 # ----------------------------------------------------------------------------------------- chromium
@@ -311,7 +312,7 @@ def browser_check(page: str, tmp_path) -> tuple[dict, list[str]]:
     assert charset in page
     path = tmp_path / "checked.html"
     path.write_text(page.replace(charset, charset + CHECKER, 1), encoding="utf-8")
-    result = report.run_chromium("--dump-dom", "--virtual-time-budget=10000", "--enable-logging=stderr", "--v=0",
+    result = webpage.run_chromium("--dump-dom", "--virtual-time-budget=10000", "--enable-logging=stderr", "--v=0",
                                  path.as_uri())
     assert result.returncode == 0, result.stderr[-2000:]
     found = re.search(r'<pre id="vlm-check">(.*?)</pre>', result.stdout, re.DOTALL)
@@ -323,9 +324,9 @@ def browser_check(page: str, tmp_path) -> tuple[dict, list[str]]:
 @needs_chromium
 def test_the_browser_check_catches_broken_images_and_errors(tmp_path):
     """The check can fail: broken and external images, console.error and an exception are all caught."""
-    good = report._base64_uri(_png(tmp_path / "good.png").read_bytes(), "image/png")
+    good = webpage.base64_uri(_png(tmp_path / "good.png").read_bytes(), "image/png")
     page = (f'<!DOCTYPE html><html><head><meta charset="utf-8">'
-            f'<meta http-equiv="Content-Security-Policy" content="{report.CONTENT_SECURITY_POLICY}; '
+            f'<meta http-equiv="Content-Security-Policy" content="{webpage.CONTENT_SECURITY_POLICY}; '
             f"script-src 'unsafe-inline'\"></head><body>"
             f'<img src="{good}"><img src="data:image/png;base64,AAAA"><img src="missing.png">'
             f'<img src="https://example.invalid/x.png">'
@@ -347,15 +348,15 @@ def test_the_report_renders_in_chromium_with_every_image_loaded(page, tmp_path):
 
 @needs_chromium
 def test_screenshot_has_the_requested_size(page, run_dir, tmp_path):
-    png = report.screenshot(run_dir / "report.html", tmp_path / "shots" / "report.png", width=900, height=700)
+    png = webpage.screenshot(run_dir / "report.html", tmp_path / "shots" / "report.png", width=900, height=700)
     with Image.open(png) as image:
         assert image.format == "PNG" and image.size == (900, 700)
 
 
 def test_screenshot_without_chromium_is_a_user_error(monkeypatch, tmp_path):
     with pytest.raises(UserError, match="no such page"):
-        report.screenshot(tmp_path / "r.html", tmp_path / "r.png")
+        webpage.screenshot(tmp_path / "r.html", tmp_path / "r.png")
     (tmp_path / "r.html").write_text("<p>a page</p>")
-    monkeypatch.setattr(report.shutil, "which", lambda name: None)
+    monkeypatch.setattr(webpage.shutil, "which", lambda name: None)
     with pytest.raises(UserError, match="chromium is not installed"):
-        report.screenshot(tmp_path / "r.html", tmp_path / "r.png")
+        webpage.screenshot(tmp_path / "r.html", tmp_path / "r.png")

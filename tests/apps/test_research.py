@@ -56,3 +56,16 @@ def test_wall_times_add_up_over_a_stage_s_attempts_and_fill_their_own_table(tmp_
     assert row == "| cnn2d | 130 | 240 | - | - | - |" and missing == "| i3d | - | - | - | - | - |"
     (variant / research.WALL_FILE).write_text(json.dumps({"pretrain": 600, "qa": 240, "caption": 500, "explain": 10}))
     assert research.wall_table(tmp_path, ["cnn2d"]).splitlines()[2] == "| cnn2d | 600 | 240 | 500 | 10 | 22.5 |"
+
+
+def test_extra_overrides_reach_only_the_variants_that_choose_their_encoder():
+    extra = ["model.video.vivit.depth=1", "model.video.cnn2d.grid=2", "model.text.bert.depth=1", "train.batch_size=8"]
+    assert research.for_chosen_encoders("tiny", research.VARIANTS["cnn2d"][0], extra) == [
+        "model.video.cnn2d.grid=2", "model.text.bert.depth=1", "train.batch_size=8"]
+    assert research.for_chosen_encoders("tiny", research.VARIANTS["vivit_joint"][0], extra) == [
+        "model.video.vivit.depth=1", "model.text.bert.depth=1", "train.batch_size=8"]
+    # a variant that keeps the preset's video encoder (cnn2d at cpu) and drops the audio tower
+    assert research.for_chosen_encoders("cpu", research.VARIANTS["no_audio"][0],
+                                        [*extra, "model.audio.audio_transformer.depth=1"]) == [
+        "model.video.cnn2d.grid=2", "model.text.bert.depth=1", "train.batch_size=8"]
+

@@ -22,8 +22,7 @@ def tiny_checkpoint(tmp_path_factory):
     ids = np.ones((1, 4), np.int32)
     params = nn.meta.unbox(model.init(jax.random.key(0), ids, ids))["params"]
     path = tmp_path_factory.mktemp("hf") / "model.safetensors"
-    hf_bert.save_hf_bert(params, model, path)
-    tensors = load_file(str(path))
+    tensors = hf_bert.hf_state(params, model)
     tensors["embeddings.position_ids"] = np.arange(16, dtype=np.int64)[None]
     save_file(tensors, str(path))
     return model, params, path

@@ -149,3 +149,27 @@ def test_refusals(vit):
     with pytest.raises(UserError, match=r"missing \['layers.0.attention.k_proj.bias'\].*"
                                         r"unexpected \['embeddings.mask_token'\]"):
         inflate.inflate_hf_vit(tensors, model, VIDEO_SHAPE)
+
+
+def test_vit_inflate_writes_a_tower_file_a_run_can_start_from(vit, tmp_path):
+    """`vlm convert vit_inflate`: a saved ViT folder -> a tower file whose variables are `inflate_hf_vit`'s,
+    read back through the path `init_from.video_encoder` takes."""
+    from conftest import run_vlm
+    from vlm_jax import pretrained
+    from vlm_jax.convert import mapping
+    vit.save_pretrained(tmp_path / "vit")
+    out = tmp_path / "vivit.safetensors"
+    run_vlm("convert", "vit_inflate", "--src", str(tmp_path / "vit"), "--out", str(out), "--num_frames",
+            str(VIDEO_SHAPE[1]), "--method", "average")
+    model = ViViT(variant="joint", pool="cls", width=64, depth=2, num_heads=2, mlp_dim=256, tubelet=(2, 8, 8))
+    expected = inflate.inflate_hf_vit(vit.state_dict(), model, VIDEO_SHAPE, "average")
+    import flax.linen as nn
+    init = jax.eval_shape(lambda: nn.meta.unbox(model.init(jax.random.key(0), jnp.zeros(VIDEO_SHAPE))))
+    target = {"params": init["params"]}
+    loaded = mapping.flatten(pretrained.tower_variables(str(out), target)["params"])
+    assert loaded.keys() == mapping.flatten(expected).keys()
+    for name, value in mapping.flatten(expected).items():
+        np.testing.assert_array_equal(loaded[name], np.asarray(value), err_msg=name)
+    refused = run_vlm("convert", "vit_inflate", "--src", str(tmp_path), "--out", str(out), "--num_frames", "8",
+                      check=False)
+    assert refused.returncode == 2 and "is not a Hugging Face model folder" in refused.stderr

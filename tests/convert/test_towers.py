@@ -1,7 +1,6 @@
 """`vlm convert hf_bert|i3d`: a Hugging Face BERT to our tower file and back (transformers loads it, and
 `--verify` agrees), the Kinetics I3D as a tower file, a tower file starting a run's text tower, refusals."""
 
-import json
 
 import numpy as np
 import pytest
@@ -48,7 +47,7 @@ def test_hf_bert_to_ours_and_back_is_exact_and_verified(hf_folder, tmp_path):
 
 def test_a_tower_file_starts_a_runs_text_tower(hf_folder, tiny_dataset, tmp_path):
     """`init_from.text_encoder=<tower file>` puts the converted weights into a fresh train state."""
-    from vlm_jax.train import loop
+    from vlm_jax.run import build
     folder, _ = hf_folder
     tower = tmp_path / "bert.safetensors"
     towers.convert("hf_bert", str(folder), str(tower))
@@ -57,9 +56,9 @@ def test_a_tower_file_starts_a_runs_text_tower(hf_folder, tiny_dataset, tmp_path
         f"data.data_dir={tiny_dataset.parents[2]}", "data.num_frames=4", "data.image_size=32",
         "data.max_text_len=16", "train.batch_size=8", "model.video.vivit.depth=1",
         "model.audio.audio_transformer.depth=1", *(f"model.text.bert.{k}={v}" for k, v in sizes.items())])
-    run = loop.Run(config)
+    run = build.Run(config)
     with run.mesh_context():
-        state = loop.load_tower(run.factory.create(), "text_encoder", str(tower))
+        state = build.load_tower(run.factory.create(), "text_encoder", str(tower))
     expected, _ = towers.read_tower(tower)
     got = mapping.flatten(state.params["text_encoder"])
     assert len(got) == len(expected)

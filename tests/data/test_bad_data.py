@@ -14,7 +14,7 @@ from conftest import data_dir_of
 from vlm_jax import config as config_lib
 from vlm_jax.data import builders, pipeline, tokenizer
 from vlm_jax.errors import TrainingFault, UserError
-from vlm_jax.train import loop
+from vlm_jax.run import loop
 
 LONG_CAPTION = " ".join(["a small red square moves left then a big blue circle bounces"] * 8).encode()
 

@@ -7,7 +7,8 @@ import pytest
 
 from vlm_jax import config as config_lib
 from vlm_jax.data import builders, pipeline, tokenizer
-from vlm_jax.data import moving_shapes as ms
+from vlm_jax.data.moving_shapes_language import ANSWERS, QA_TYPES
+from vlm_jax.data.moving_shapes_tfds import SIZES
 from vlm_jax.errors import UserError
 
 
@@ -48,7 +49,7 @@ def test_questions_per_clip_draws_that_many_at_random(spec):
 def test_eval_batches_hold_every_caption_and_question_and_pad_the_last(spec, tiny_dataset):
     spec = dataclasses.replace(spec, batch_size=10, num_frames=16, image_size=64)  # as stored: no resampling
     batches = list(pipeline.eval_dataset(spec, "test"))
-    total = builders.SIZES["tiny"]["test"]
+    total = SIZES["tiny"]["test"]
     assert len(batches) == -(-total // 10)
     indices = np.concatenate([b["index"][b["valid"]] for b in batches])
     assert indices.tolist() == list(range(total))
@@ -61,14 +62,14 @@ def test_eval_batches_hold_every_caption_and_question_and_pad_the_last(spec, tin
         assert first["question_valid"][row].sum() == len(example["questions"])
         captions, _ = tokenizer.encode([c.decode() for c in example["captions"]], spec.max_text_len)
         assert np.array_equal(first["captions"][row, :len(captions)], captions)
-        answers = [ms.ANSWERS[a] for a in first["answers"][row, :len(example["answers"])]]
+        answers = [ANSWERS[a] for a in first["answers"][row, :len(example["answers"])]]
         assert answers == [a.decode() for a in example["answers"]]
         assert np.array_equal(first["video"][row], example["video"])
         assert np.array_equal(first["audio"][row], example["audio"] / np.float32(32768))
 
 
 def test_eval_shards_are_disjoint_and_complete(spec):
-    total = builders.SIZES["tiny"]["train"]
+    total = SIZES["tiny"]["train"]
     parts = []
     for index in range(3):
         shard_spec = dataclasses.replace(spec, shard_index=index, shard_count=3, batch_size=7)
@@ -83,12 +84,12 @@ def test_global_eval_batches_do_not_depend_on_the_process_count(spec):
     whole = list(pipeline.eval_dataset(dataclasses.replace(spec, batch_size=10), "test"))
     halves = [list(pipeline.eval_dataset(dataclasses.replace(spec, batch_size=5, shard_index=i, shard_count=2),
                                          "test")) for i in range(2)]
-    assert len(whole) == len(halves[0]) == len(halves[1]) == -(-builders.SIZES["tiny"]["test"] // 10)
+    assert len(whole) == len(halves[0]) == len(halves[1]) == -(-SIZES["tiny"]["test"] // 10)
     for expected, *parts in zip(whole, *halves):
         for key, value in expected.items():
             np.testing.assert_array_equal(value, np.concatenate([p[key] for p in parts]), err_msg=key)
-    assert np.concatenate([b["index"] for b in whole])[:builders.SIZES["tiny"]["test"]].tolist() == list(
-        range(builders.SIZES["tiny"]["test"]))
+    assert np.concatenate([b["index"] for b in whole])[:SIZES["tiny"]["test"]].tolist() == list(
+        range(SIZES["tiny"]["test"]))
 
 
 def test_global_batches_do_not_depend_on_the_process_count(spec):
@@ -105,10 +106,10 @@ def test_global_batches_do_not_depend_on_the_process_count(spec):
 
 def test_epochs_cover_the_shard_and_reshuffle(spec):
     spec = dataclasses.replace(spec, batch_size=16)
-    per_epoch = builders.SIZES["tiny"]["train"] // 16
+    per_epoch = SIZES["tiny"]["train"] // 16
     indices = [b["index"] for b in pipeline.train_dataset(spec, num_epochs=2)]
     first, second = np.concatenate(indices[:per_epoch]), np.concatenate(indices[per_epoch:])
-    assert sorted(first.tolist()) == sorted(second.tolist()) == list(range(builders.SIZES["tiny"]["train"]))
+    assert sorted(first.tolist()) == sorted(second.tolist()) == list(range(SIZES["tiny"]["train"]))
     assert first.tolist() != second.tolist()
 
 
@@ -159,8 +160,8 @@ def test_flip_swaps_left_and_right_in_the_text(tiny_dataset):
         sound_twin = true_side in negative and false_side not in negative and negative != caption
         assert direction_twin or sound_twin, negative
         for kind, answer in zip(out["question_types"], out["answers"]):
-            if kind >= 0 and ms.QA_TYPES[kind] == "direction":
-                assert ms.ANSWERS[answer] == true_side
+            if kind >= 0 and QA_TYPES[kind] == "direction":
+                assert ANSWERS[answer] == true_side
                 direction_answers += 1
         if flipped:
             flipped_seen += 1

@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlm_jax.data import builders, show
+from vlm_jax.data import builders, features, show
 from vlm_jax.data import moving_shapes as ms
+from vlm_jax.data.moving_shapes_language import NUM_CAPTIONS
+from vlm_jax.data.moving_shapes_render import RenderSpec
+from vlm_jax.data.moving_shapes_tfds import SIZES
 from vlm_jax.errors import UserError
 
 SPLIT_SIZES = {"train": 12, "validation": 4, "test": 4, "test_novel": 4}
@@ -18,8 +21,8 @@ NUM_CLIPS = 4
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(builders.SIZES, "show_test", SPLIT_SIZES)
-        request = builders.BuildRequest("moving_shapes", str(tmp_path_factory.mktemp("data")), size="show_test")
+        patch.setitem(SIZES, "show_test", SPLIT_SIZES)
+        request = features.BuildRequest("moving_shapes", str(tmp_path_factory.mktemp("data")), size="show_test")
         return builders.build(request)
 
 
@@ -45,19 +48,19 @@ def test_stats_count_every_split_and_match_the_generator(shown):
         assert counts["total"] == counts["scanned"] == counts["clips_with_audio"] == size
         assert sum(counts["num_objects"].values()) == sum(counts["sounds"].values()) == size
         assert sum(counts["timing"].values()) == size
-        assert counts["captions_per_clip"] == ms.NUM_CAPTIONS
+        assert counts["captions_per_clip"] == NUM_CAPTIONS
         assert counts["questions"]["colour"] == counts["questions"]["sound"] == size
         assert sum(counts["answers"]["sound"].values()) == size
 
     train = stats["splits"]["train"]
-    scenes = [ms.make_clip(0, "train", i, ms.RenderSpec()).scene for i in range(SPLIT_SIZES["train"])]
+    scenes = [ms.make_clip(0, "train", i, RenderSpec()).scene for i in range(SPLIT_SIZES["train"])]
     assert train["sounds"] == dict(sorted(collections.Counter(s.sound for s in scenes).items()))
     assert train["num_objects"] == dict(sorted(collections.Counter(str(len(s.objects)) for s in scenes).items()))
     assert train["motions"] == dict(sorted(collections.Counter(o.motion for s in scenes for o in s.objects).items()))
     assert train["timing"].get("sequential", 0) == sum(s.sequential for s in scenes)
     # direction and order twins of each of the captions, and one sound twin per clip
-    assert train["hard_negatives"]["direction"] == ms.NUM_CAPTIONS * sum(bool(s.movers) for s in scenes)
-    assert train["hard_negatives"].get("order", 0) == ms.NUM_CAPTIONS * sum(s.sequential for s in scenes)
+    assert train["hard_negatives"]["direction"] == NUM_CAPTIONS * sum(bool(s.movers) for s in scenes)
+    assert train["hard_negatives"].get("order", 0) == NUM_CAPTIONS * sum(s.sequential for s in scenes)
     assert train["hard_negatives"]["sound"] == len(scenes)
     assert 0 < train["caption_words"]["mean"] <= train["caption_words"]["max"]
 
@@ -127,6 +130,14 @@ def test_sources_without_moving_shapes_labels_still_render(first_clips):
     assert boxed.shape == unboxed.shape
     differs = np.any(boxed != unboxed, axis=-1)
     assert differs.any() and np.all(boxed[differs] == 255)  # only the box outlines are missing
+
+
+def test_text_that_is_not_utf8_is_shown_replaced(first_clips):
+    """`show` decodes text as the pipeline does: bytes that are not UTF-8 become U+FFFD instead of raising."""
+    clip = dict(first_clips[0], id=b"train/\xff", captions=[b"a caf\xe9 circle moves left"])
+    text = show.samples_markdown([clip], "bad bytes")
+    assert "## 1. train/\ufffd" in text and "1. a caf\ufffd circle moves left" in text
+    assert show.contact_sheet([clip]).height > show.SHEET_FRAME_PX
 
 
 def test_unknown_split_is_a_user_error(dataset, tmp_path):

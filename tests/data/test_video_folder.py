@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from vlm_jax.data import builders, video_folder, video_io
+from vlm_jax.data import builders, features, video_folder, video_io
 from vlm_jax.data import moving_shapes as ms
+from vlm_jax.data.moving_shapes_render import RenderSpec
 from vlm_jax.errors import UserError
 
 NUM_CLIPS = 6
@@ -23,14 +24,14 @@ def write_clips(folder: Path, count: int = NUM_CLIPS) -> dict[str, ms.Clip]:
     folder.mkdir(parents=True, exist_ok=True)
     clips = {}
     for i in range(count):
-        clip = ms.make_clip(0, "train", i, ms.RenderSpec())
+        clip = ms.make_clip(0, "train", i, RenderSpec())
         video_io.write_video(folder / f"video{i}.mp4", clip.video, 8, None if i % 2 else clip.audio)
         clips[f"video{i}"] = clip
     return clips
 
 
 def build(tmp_path: Path, source: Path, **request) -> tfds.core.DatasetBuilder:
-    path = builders.build(builders.BuildRequest(name="video_folder", data_dir=str(tmp_path / "data"),
+    path = builders.build(features.BuildRequest(name="video_folder", data_dir=str(tmp_path / "data"),
                                                 source=str(source), num_frames=NUM_FRAMES, image_size=IMAGE_SIZE,
                                                 **request))
     return builders.open_dataset(path)
@@ -138,7 +139,7 @@ def test_config_names_separate_folders_and_seeds(tmp_path):
         source = tmp_path / folder
         source.mkdir(parents=True, exist_ok=True)
         (source / "captions.csv").write_text("video_id,caption\n")
-        request = builders.BuildRequest(name="video_folder", data_dir=str(tmp_path), source=str(source), seed=seed)
+        request = features.BuildRequest(name="video_folder", data_dir=str(tmp_path), source=str(source), seed=seed)
         names.append(video_folder.builder(request).builder_config.name)
     assert len(set(names)) == 3
     assert all(re.fullmatch(r"my_clips_[0-9a-f]{8}_64px_16f_seed[01]", name) for name in names), names

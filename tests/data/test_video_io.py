@@ -9,6 +9,7 @@ from PIL import Image
 
 from vlm_jax.data import moving_shapes as ms
 from vlm_jax.data import video_io
+from vlm_jax.data.moving_shapes_render import RenderSpec
 
 FPS = 8
 # libx264 at its default quality (CRF 23) smooths away the clips' per-pixel noise; a mean
@@ -20,7 +21,7 @@ MAX_MEAN_ABS_ERROR = 9.0
 @pytest.fixture(scope="module")
 def clip():
     """A clip whose one shape moves down, so every frame differs from the others."""
-    clip = ms.make_clip(0, "train", 3, ms.RenderSpec())
+    clip = ms.make_clip(0, "train", 3, RenderSpec())
     assert [o.motion for o in clip.scene.objects] == ["down"]
     return clip
 

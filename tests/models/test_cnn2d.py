@@ -91,7 +91,7 @@ def test_bfloat16_compute():
 
 
 def test_bad_settings_are_reported():
-    with pytest.raises(ValueError, match="temporal mode"):
+    with pytest.raises(ValueError, match="unknown temporal"):
         jax.eval_shape(tiny(temporal="lstm").init, KEY, VIDEO)
     with pytest.raises(ValueError, match="max_frames"):
         jax.eval_shape(tiny(temporal="transformer", max_frames=4).init, KEY, VIDEO)

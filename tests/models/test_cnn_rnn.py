@@ -72,7 +72,7 @@ def test_bfloat16_compute():
 
 
 def test_unknown_cell_is_reported():
-    with pytest.raises(ValueError, match="recurrent cell"):
+    with pytest.raises(ValueError, match="unknown cell"):
         jax.eval_shape(CNNRNN(**{**SIZES["tiny"], "cell": "transformer"}).init, KEY, VIDEO)
 
 

@@ -214,7 +214,7 @@ def test_bfloat16_compute_stays_close_to_float32(variant):
 
 
 def test_invalid_settings_raise_clear_errors():
-    for overrides, message in [(dict(variant="divided"), "unknown ViViT variant"), (dict(pool="max"), "unknown pool"),
+    for overrides, message in [(dict(variant="divided"), "unknown variant"), (dict(pool="max"), "unknown pool"),
                                (dict(mask_ratio=1.0), "mask_ratio"), (dict(remat="some"), "unknown remat")]:
         with pytest.raises(ValueError, match=message):
             jax.eval_shape(tiny(**overrides).init, jax.random.key(0), video())

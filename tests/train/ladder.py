@@ -13,11 +13,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from conftest import build_dataset, data_dir_of
+from conftest import build_dataset, chosen_towers_only, data_dir_of
 from vlm_jax import config as config_lib
 from vlm_jax.data import pipeline
 from vlm_jax.eval import evaluators
-from vlm_jax.train import loop
+from vlm_jax.run import build
 
 # Small enough that a rung compiles and trains in well under a minute on 2 cores; 4 frames still show motion.
 LADDER = ("data.num_frames=4", "data.image_size=32", "data.max_text_len=16", "train.log_every=1",
@@ -47,13 +47,13 @@ def build_single_object_dataset(data_dir: Path) -> Path:
     return build_dataset(data_dir, *(str(part) for key, value in SINGLE_OBJECT.items() for part in (flags[key], value)))
 
 
-def run_from_scratch(dataset: Path, *overrides: str) -> loop.Run:
-    overrides = [*LADDER, f"data.data_dir={data_dir_of(dataset)}", *overrides]
+def run_from_scratch(dataset: Path, *overrides: str) -> build.Run:
+    overrides = chosen_towers_only([*LADDER, f"data.data_dir={data_dir_of(dataset)}", *overrides])
     config = config_lib.load("configs/finetune_qa.py:tiny", overrides)
-    return loop.Run(config)
+    return build.Run(config)
 
 
-def train(run: loop.Run, batches, only_type: str | None = None):
+def train(run: build.Run, batches, only_type: str | None = None):
     """Train from scratch on `batches` (an iterable of host batches); with `only_type`, the loss sees the
     questions of that type only. Returns the final state."""
     state = run.factory.create()
@@ -67,7 +67,7 @@ def train(run: loop.Run, batches, only_type: str | None = None):
     return state
 
 
-def accuracy_per_type(run: loop.Run, state, batch) -> dict[str, float]:
+def accuracy_per_type(run: build.Run, state, batch) -> dict[str, float]:
     """QA accuracy per question type on one batch (every row real)."""
     batch = {**batch, "valid": np.ones(len(batch["video"]), bool)}
     with run.mesh_context():
@@ -80,12 +80,12 @@ def accuracy_per_type(run: loop.Run, state, batch) -> dict[str, float]:
             if (types == i).any()}
 
 
-def learnt(run: loop.Run, steps: int, question_type: str) -> float:
+def learnt(run: build.Run, steps: int, question_type: str) -> float:
     """Validation accuracy on `question_type` after `steps` training steps on that type alone."""
     state = train(run, itertools.islice(pipeline.train_dataset(run.spec), steps), only_type=question_type)
     return evaluators.QaEvaluator(run)(state, "validation")[f"qa/acc_{question_type}"] / 100
 
 
-def single_object_run(dataset: Path, *overrides: str) -> loop.Run:
+def single_object_run(dataset: Path, *overrides: str) -> build.Run:
     return run_from_scratch(dataset, *(f"data.{key}={value}" for key, value in SINGLE_OBJECT.items()),
                             "train.batch_size=32", "optim.learning_rate=1e-3", "eval.max_batches=0", *overrides)

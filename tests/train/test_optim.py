@@ -103,7 +103,7 @@ def test_frozen_modules_get_zero_updates_and_no_moments():
     n_params = sum(x.size for x in jax.tree.leaves(params))
     n_state = sum(x.size for x in jax.tree.leaves(state) if x.ndim > 0)
     assert n_state == n_params  # mu + nu for the trainable half only
-    assert optim.trainable_mask(config, params)["video_encoder"]["dense"]["kernel"] is False
+    assert optim.param_labels(config, params)["video_encoder"]["dense"]["kernel"] == optim.FROZEN
 
 
 def test_frozen_gradients_do_not_count_towards_clipping():

@@ -9,10 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import MICRO, data_dir_of
+from conftest import data_dir_of, micro
 from vlm_jax import config as config_lib
 from vlm_jax.data import pipeline
-from vlm_jax.train import loop, steps
+from vlm_jax.run import build
+from vlm_jax.train import steps
 
 TASK_CONFIGS = {"pretrain": "configs/pretrain.py:tiny", "retrieval": "configs/finetune_retrieval.py:tiny",
                 "caption": "configs/finetune_caption.py:tiny", "qa": "configs/finetune_qa.py:tiny"}
@@ -20,7 +21,7 @@ TASK_CONFIGS = {"pretrain": "configs/pretrain.py:tiny", "retrieval": "configs/fi
 
 def make_config(tiny_dataset, task="pretrain", *overrides):
     data_dir = data_dir_of(tiny_dataset)
-    return config_lib.load(TASK_CONFIGS[task], [*MICRO, f"data.data_dir={data_dir}", *overrides])
+    return config_lib.load(TASK_CONFIGS[task], micro(f"data.data_dir={data_dir}", *overrides))
 
 
 def first_batch(run):
@@ -41,7 +42,7 @@ def abstract_step(run, batch):
     ("qa", {"qa_loss", "qa/accuracy", "choice_loss", "choice/accuracy"}),
 ])
 def test_each_task_logs_its_losses(tiny_dataset, task, expected):
-    run = loop.Run(make_config(tiny_dataset, task))
+    run = build.Run(make_config(tiny_dataset, task))
     state, metrics = abstract_step(run, first_batch(run))
     assert expected | {"loss", "grad_norm", "param_norm"} <= set(metrics)
     assert all(m.shape == () and m.dtype == jnp.float32 for m in metrics.values())
@@ -49,7 +50,7 @@ def test_each_task_logs_its_losses(tiny_dataset, task, expected):
 
 
 def test_zero_weight_drops_the_loss_and_freezes_its_head(tiny_dataset):
-    run = loop.Run(make_config(tiny_dataset, "pretrain", "losses.mvm=0", "losses.vtm=0"))
+    run = build.Run(make_config(tiny_dataset, "pretrain", "losses.mvm=0", "losses.vtm=0"))
     _, metrics = abstract_step(run, first_batch(run))
     assert "mvm_loss" not in metrics and "vtm_loss" not in metrics and "mlm_loss" in metrics
     trained = steps.trained_modules(run.settings)
@@ -66,7 +67,7 @@ def test_the_audio_tower_trains_when_the_retrieval_embedding_reads_it(tiny_datas
 
 
 def test_bf16_compute_keeps_float32_parameters_and_optimizer_state(tiny_dataset):
-    run = loop.Run(make_config(tiny_dataset, "pretrain", "model.dtype=bfloat16"))
+    run = build.Run(make_config(tiny_dataset, "pretrain", "model.dtype=bfloat16"))
     state, metrics = abstract_step(run, first_batch(run))
     floats = [x for x in jax.tree.leaves((state.params, state.opt_state)) if jnp.issubdtype(x.dtype, jnp.floating)]
     assert floats and all(x.dtype == jnp.float32 for x in floats)
@@ -78,7 +79,7 @@ def test_pretrain_step_values_and_a_nonfinite_step(tiny_dataset):
     were. Then one real step: the total is the weighted sum of the logged parts; frozen heads do not move,
     trained towers do; the step counter advances."""
     config = make_config(tiny_dataset, "pretrain", "optim.warmup_steps=0")  # warmup's first LR is 0
-    run = loop.Run(config)
+    run = build.Run(config)
     batch = first_batch(run)
     poisoned = {**batch, "audio": jnp.full_like(batch["audio"], jnp.nan)}
     state = run.factory.create()
@@ -109,7 +110,7 @@ def test_pretrain_step_values_and_a_nonfinite_step(tiny_dataset):
 
 @pytest.mark.slow  # I3D compiles for over a minute on 2 cores
 def test_i3d_batch_statistics_update_in_training(tiny_dataset):
-    run = loop.Run(make_config(tiny_dataset, "retrieval", "model.video.name=i3d", "optim.warmup_steps=0"))
+    run = build.Run(make_config(tiny_dataset, "retrieval", "model.video.name=i3d", "optim.warmup_steps=0"))
     batch = first_batch(run)
     state = run.factory.create()
     assert state.batch_stats, "I3D has BatchNorm statistics"

@@ -486,7 +486,7 @@ def eight_device_checks(spec: dict) -> dict:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
     from vlm_jax import config as config_lib
     from vlm_jax.data import pipeline
-    from vlm_jax.train import loop
+    from vlm_jax.run import build
 
     config = lambda shape: config_lib.load(CONFIG, [*spec["overrides"], f"mesh.shape={shape}"])
     parts = spec["parts"]
@@ -495,13 +495,13 @@ def eight_device_checks(spec: dict) -> dict:
     lap = lambda name: out["seconds"].__setitem__(name, round(time.perf_counter() - start, 1))
     for shape in ("(8,1,1)", "(2,4,1)"):
         if shape in parts:
-            run = loop.Run(config(shape))
+            run = build.Run(config(shape))
             out["losses"][shape] = _losses(run, iter(pipeline.train_dataset(run.spec)))
             lap(f"steps {shape}")
     if "init" in parts:  # last: by then `mesh_2x2x2` has put the (2,2,2) init in the cache
         params = {}
         for shape in ("(1,8,1)", "(2,2,2)"):
-            run = loop.Run(config(shape))
+            run = build.Run(config(shape))
             state = run.factory.create()
             out["init"][shape] = _init_report(run, state)
             params[shape] = jax.device_get(state.params)

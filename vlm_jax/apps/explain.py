@@ -39,14 +39,14 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from vlm_jax.apps.predictor import Clip, Predictor, dataset_clips
-from vlm_jax.data import pipeline, tokenizer, video_io
+from vlm_jax.data import features, pipeline, tokenizer, video_io
 from vlm_jax.errors import UserError
+from vlm_jax.models import fusion as fusion_lib
 from vlm_jax.models.layers import TokenGrid
+from vlm_jax.run.build import Run
 from vlm_jax.train import steps
-from vlm_jax.train.loop import Run
 
 METHODS = ("auto", "attention", "gradient")
-ATTENTION_FUSIONS = ("cross_attention", "co_attention")
 GIF_FRAME_MS = 250
 
 
@@ -73,9 +73,10 @@ def resolve_method(run: Run, method: str) -> str:
     if method not in METHODS:
         raise UserError(f"unknown explanation method {method!r}; choose one of {', '.join(METHODS)}")
     fusion = run.config.model.fusion.name
-    has_cross_attention = fusion in ATTENTION_FUSIONS
+    has_cross_attention = fusion_lib.FUSIONS[fusion].CROSS_ATTENTION
     if method == "attention" and not has_cross_attention:
-        raise UserError(f"the attention method needs a fusion with cross-attention ({', '.join(ATTENTION_FUSIONS)}); "
+        attending = ", ".join(name for name, module in fusion_lib.FUSIONS.items() if module.CROSS_ATTENTION)
+        raise UserError(f"the attention method needs a fusion with cross-attention ({attending}); "
                         f"this run's fusion is {fusion!r}: use the gradient method")
     if method == "auto":
         # a retrieval run's score never passes through the fusion, so its attention would explain nothing;
@@ -173,7 +174,7 @@ class Explainer:
         self.max_text_len = int(data.max_text_len)
         self.frames, self.size = int(data.num_frames), int(data.image_size)
         self.grid = video_token_grid(run)
-        model, qa, grid, fusion = run.model, run.config.train.task == "qa", self.grid, self.fusion
+        model, qa, grid, fusion = run.model, steps.TASKS[run.config.train.task].questions, self.grid, self.fusion
 
         def table(variables, pixels, audio, ids, mask):
             return model.apply(variables, pixels, audio, ids, mask, qa, method=_score_table)
@@ -390,3 +391,33 @@ def save(explanation: Explanation, out_dir: str | Path, stem: str, size: int = 1
     png = out_dir / f"{stem}.png"
     figure.savefig(png, dpi=100)
     return {"gif": gif, "png": png}
+
+
+# ---------------------------------------------------------------------- files: `vlm explain` and the report
+
+def file_stem(clip_id: str) -> str:
+    """A clip id as a file name (ids of files and data sets may hold any character)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in clip_id) or "clip"
+
+
+def explain_to_files(predictor: Predictor, clip: Clip, text: str, method: str,
+                     out_dir: str | Path) -> tuple[Explanation, dict[str, Path]]:
+    """`explain` the clip and `save` the result into `out_dir`, named after the clip's id: the one naming
+    that `vlm explain` and the report's strips share."""
+    explanation = explain(predictor, clip, text, method)
+    return explanation, save(explanation, out_dir, file_stem(clip.id))
+
+
+def report_explanations(predictor: Predictor, count: int, scratch: Path) -> list[tuple[str, Path]]:
+    """Heatmap strips for the first `count` test clips and their first caption (question, for QA runs): the
+    (title, PNG in `scratch`) pairs that `report.write_report` shows as its explanations."""
+    _, records = pipeline.open_split(predictor.run.spec, "test")
+    field = "questions" if steps.TASKS[predictor.run.config.train.task].questions else "captions"
+    pictures = []
+    for clip in dataset_clips(predictor.run, "test", limit=count).clips:
+        texts = features.texts(records[clip.metadata["position"]][field])
+        if not texts:
+            continue
+        explanation, paths = explain_to_files(predictor, clip, texts[0], "auto", scratch)
+        pictures.append((f"{clip.id}: \"{texts[0]}\" ({explanation.method})", paths["png"]))
+    return pictures

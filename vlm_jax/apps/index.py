@@ -236,9 +236,8 @@ def top_k(queries: np.ndarray, keys: np.ndarray, k: int, block_size: int = 8192,
     Queries are normalised here (a zero query is an error); keys are used as given (an index's rows are
     unit norm). Keys are scored in blocks of `block_size` rows, so N may far exceed device memory for one
     score matrix; the last block is padded so one compiled function serves every block. 8192 rows keep a
-    1000-query score block (32 MB) near the cache: 1M x 256 keys took 9.1 s on 2 CPU cores, against 11.6 s
-    with 65536-row blocks (`vlm bench`'s search peer). Equal scores
-    rank the lower index first (exact mode). k above N is clamped to N. `approximate` takes each block's
+    1000-query score block (32 MB) near the cache (docs/bench.md has the measurement). Equal scores rank
+    the lower index first (exact mode). k above N is clamped to N. `approximate` takes each block's
     top-k with `approx_max_k` (recall target 0.95, exact on CPU) instead of an exact top_k.
 
     `exclude[q]` is a set of key positions query q must not return. A [Q, N] mask would not fit for

@@ -15,12 +15,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from vlm_jax import pretrained
-from vlm_jax.apps.predictor import Clip, ClipSource, video_files
+from vlm_jax.apps.predictor import Clip, ClipSource, decoded_files, video_files
 from vlm_jax.data import video_io
 from vlm_jax.errors import UserError
 
@@ -47,19 +47,8 @@ class FrameChoice:
 def real_clips(paths: Sequence[str | Path], frames: FrameChoice) -> ClipSource:
     """The videos among `paths` (files, or every video in the folders), read lazily; unreadable files
     are skipped and listed in `skipped`."""
-    files = video_files(paths)
-    source = ClipSource(len(files), iter(()))
-
-    def clips() -> Iterator[Clip]:
-        for path in files:
-            try:
-                video = frames.read(path)
-            except video_io.VideoDecodeError as error:
-                source.skipped.append((str(path), str(error)))
-                continue
-            yield Clip(path.stem, video, np.zeros(0, np.float32), {"source": "file", "path": str(path.absolute())})
-    source.clips = clips()
-    return source
+    return decoded_files(video_files(paths), lambda path: Clip(
+        path.stem, frames.read(path), np.zeros(0, np.float32), {"source": "file", "path": str(path.absolute())}))
 
 
 def classify(paths: Sequence[str | Path], frames: FrameChoice, k: int = 5) -> tuple[list[dict], ClipSource]:

@@ -21,11 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vlm_jax.data import builders, pipeline, tokenizer, video_folder, video_io
+from vlm_jax.data import builders, features, pipeline, tokenizer, video_folder, video_io
 from vlm_jax.errors import UserError
-from vlm_jax.eval import runner
 from vlm_jax.models import decoding
-from vlm_jax.train.loop import Run
+from vlm_jax.run.build import Run, load_run
 from vlm_jax.train.state import TrainState
 
 
@@ -62,7 +61,7 @@ class Predictor:
 
     @classmethod
     def load(cls, workdir: str | Path, step: int | None = None) -> "Predictor":
-        run, state, step = runner.load_run(workdir, step)
+        run, state, step = load_run(workdir, step)
         return cls(run, state, step, workdir)
 
     def description(self) -> dict:
@@ -172,13 +171,27 @@ def check_question(question: str) -> None:
 
 # ---------------------------------------------------------------------- clip sources
 
-@dataclasses.dataclass
 class ClipSource:
-    """Clips to run through the model, read lazily: `count` expected, `skipped` (path, reason) filled in
-    as unreadable files are passed over."""
-    count: int
-    clips: Iterator[Clip]
-    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    """Clips to run through the model, read lazily by `read(skipped)`: `count` expected, `skipped`
+    (path, reason) filled in as unreadable ones are passed over."""
+
+    def __init__(self, count: int, read: Callable[[list[tuple[str, str]]], Iterator[Clip]]):
+        self.count = count
+        self.skipped: list[tuple[str, str]] = []
+        self.clips = read(self.skipped)
+
+
+def decoded_files(files: Sequence[Path], decode: Callable[[Path], Clip]) -> ClipSource:
+    """`files` decoded lazily by `decode`; a file it cannot decode is skipped and listed."""
+    def read(skipped: list[tuple[str, str]]) -> Iterator[Clip]:
+        for path in files:
+            try:
+                clip = decode(path)
+            except video_io.VideoDecodeError as error:
+                skipped.append((str(path), str(error)))
+                continue
+            yield clip
+    return ClipSource(len(files), read)
 
 
 def dataset_clips(run: Run, split: str, limit: int = 0, start: int = 0) -> ClipSource:
@@ -187,21 +200,19 @@ def dataset_clips(run: Run, split: str, limit: int = 0, start: int = 0) -> ClipS
     dataset, split_source = pipeline.open_split(run.spec, split)
     records, transform = pipeline.TolerantSource(split_source), pipeline.transform(run.spec, dataset)
     stop = len(records) if limit <= 0 else min(limit, len(records))
-    source = ClipSource(max(0, stop - start), iter(()))
 
-    def clips() -> Iterator[Clip]:
+    def read(skipped: list[tuple[str, str]]) -> Iterator[Clip]:
         for position in range(start, stop):
             example = records[position]
             arrays = transform(example, None)
             if pipeline.skipped(arrays):
-                source.skipped.append((f"{split}:{position}", "an unreadable or malformed record"))
+                skipped.append((f"{split}:{position}", "an unreadable or malformed record"))
                 continue
             metadata = {"source": "dataset", "split": split, "position": position,
-                        "captions": pipeline.texts(example["captions"])}
+                        "captions": features.texts(example["captions"])}
             metadata.update(pipeline.attributes_of(example))
-            yield Clip(pipeline.text(example["id"]), arrays["video"], arrays["audio"], metadata)
-    source.clips = clips()
-    return source
+            yield Clip(features.text(example["id"]), arrays["video"], arrays["audio"], metadata)
+    return ClipSource(max(0, stop - start), read)
 
 
 def video_files(paths: Sequence[str | Path]) -> list[Path]:
@@ -225,22 +236,15 @@ def file_clips(run: Run, paths: Sequence[str | Path]) -> ClipSource:
     files = video_files(paths)
     data = run.config.data
     meta = builders.open_dataset(run.spec.dataset_path).info.metadata or {}
-    fps, sample_rate = meta.get("fps"), int(meta.get("sample_rate", builders.SAMPLE_RATE))
-    source = ClipSource(len(files), iter(()))
+    fps, sample_rate = meta.get("fps"), int(meta.get("sample_rate", features.SAMPLE_RATE))
 
-    def clips() -> Iterator[Clip]:
-        for path in files:
-            try:
-                decoded = video_io.decode_video(path, int(data.num_frames), int(data.image_size), fps=fps,
-                                                sample_rate=sample_rate)
-            except video_io.VideoDecodeError as error:
-                source.skipped.append((str(path), str(error)))
-                continue
-            audio, has_audio = video_folder.fixed_length_audio(decoded.audio, run.audio_samples)
-            yield Clip(path.stem, decoded.frames, audio.astype(np.float32) / 32768.0,
-                       {"source": "file", "path": str(path.absolute()), "has_audio": has_audio})
-    source.clips = clips()
-    return source
+    def decode(path: Path) -> Clip:
+        decoded = video_io.decode_video(path, int(data.num_frames), int(data.image_size), fps=fps,
+                                        sample_rate=sample_rate)
+        audio, has_audio = video_folder.fixed_length_audio(decoded.audio, run.audio_samples)
+        return Clip(path.stem, decoded.frames, audio.astype(np.float32) / 32768.0,
+                    {"source": "file", "path": str(path.absolute()), "has_audio": has_audio})
+    return decoded_files(files, decode)
 
 
 def referenced_clips(run: Run, refs: Sequence[str]) -> ClipSource:
@@ -258,14 +262,12 @@ def referenced_clips(run: Run, refs: Sequence[str]) -> ClipSource:
         if int(position) >= len(source):
             raise UserError(f"{ref} is past the end of the {split} split ({len(source)} clips)")
         parts.append(dataset_clips(run, split, limit=int(position) + 1, start=int(position)))
-    combined = ClipSource(sum(p.count for p in parts), iter(()))
 
-    def clips() -> Iterator[Clip]:
+    def read(skipped: list[tuple[str, str]]) -> Iterator[Clip]:
         for part in parts:
             yield from part.clips
-            combined.skipped.extend(part.skipped)
-    combined.clips = clips()
-    return combined
+            skipped.extend(part.skipped)
+    return ClipSource(sum(p.count for p in parts), read)
 
 
 def clip_source(run: Run, source: str | Sequence[str], limit: int = 0) -> ClipSource:

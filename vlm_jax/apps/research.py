@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Sequence
 
 from vlm_jax import config as config_lib
+from vlm_jax import schema
 from vlm_jax.errors import UserError
+from vlm_jax.models import vlm
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-SEED_BASELINE = config_lib.load_file(CONFIGS / "seed_baseline.py").MODEL
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # the checkout's files: each stage runs `vlm train` on one
 
 # name: (model overrides for every run, extra overrides for pretraining only)
 VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -43,7 +44,7 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "fusion_concat": (("model.fusion.name=concat_early",), ()),
     "no_audio": (("model.audio.name=None",), ()),
     # The minimal reference VLM (linear towers, fusion by addition, linear decoder): the floor.
-    "seed_baseline": (tuple(f"model.{key}={value}" for key, value in SEED_BASELINE.items()), ()),
+    "seed_baseline": (tuple(f"model.{key}={value}" for key, value in schema.SEED_BASELINE_MODEL.items()), ()),
 }
 STAGES = ("pretrain", "qa", "caption")
 WALL_FILE = "wall_seconds.json"  # {stage or "explain": seconds of every attempt}
@@ -64,9 +65,23 @@ def _train_args(stage: str, preset: str, workdir: Path, pretrain_dir: Path, over
     return args + [f"--config.{o}" for o in overrides]
 
 
+def for_chosen_encoders(preset: str, model: Sequence[str], extra: Sequence[str]) -> list[str]:
+    """The extra overrides less the options of encoders the variant does not choose (`--config.model.video.
+    vivit.depth=1` sizes the ViViT variants and leaves the others alone)."""
+    config = config_lib.for_preset(preset, model)
+    kept = []
+    for override in extra:
+        parts = override.partition("=")[0].split(".")
+        family = parts[1] if len(parts) > 3 and parts[0] == "model" else None
+        if family not in vlm.FAMILIES or parts[2] == config.model[family].name:
+            kept.append(override)
+    return kept
+
+
 def run_variant(name: str, preset: str, out: Path, steps: int | None, extra: Sequence[str], log) -> dict[str, str]:
     """Train the variant's three stages (skipping finished ones); returns {stage: "ok" | failure reason}."""
     model, pretrain_only = VARIANTS[name]
+    extra = for_chosen_encoders(preset, model, extra)
     status = {}
     for stage in STAGES:
         workdir = out / name / stage
@@ -163,6 +178,9 @@ def run(preset: str, out: str | Path, variants: Sequence[str] | None = None, ste
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise UserError(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
+    if not CONFIGS.is_dir():
+        raise UserError(f"vlm research trains the repository's config files, and {CONFIGS} is missing: run it "
+                        f"from a checkout installed with `pip install -e .`")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     log = lambda message: print(message, file=sys.stderr, flush=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
 from vlm_jax.convert import mapping as mapping_lib
 from vlm_jax.errors import UserError
@@ -76,7 +76,7 @@ def load_hf_bert(path: str | Path, config: Bert, ignore: Iterable[str] = DEFAULT
     return mapping_lib.unflatten({k: jnp.asarray(v, config.param_dtype) for k, v in flat.items()})
 
 
-def save_hf_bert(params: dict, config: Bert, path: str | Path) -> None:
-    """Write our Bert params as a HF `model.safetensors` that transformers' BertModel loads."""
+def hf_state(params: dict, config: Bert) -> dict[str, np.ndarray]:
+    """Our Bert params -> float32 tensors in transformers' BertModel names and layouts."""
     tensors = mapping_lib.to_source(mapping_lib.flatten(params), mapping(config.depth), "the Bert params")
-    save_file({k: v.astype(np.float32) for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
+    return {name: np.ascontiguousarray(value, np.float32) for name, value in tensors.items()}

@@ -28,7 +28,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
 from vlm_jax.convert import mapping as mapping_lib
 from vlm_jax.errors import UserError
@@ -196,21 +196,6 @@ def hf_state(params: dict, model: ViViT) -> dict[str, np.ndarray]:
     check_model(model)
     tensors = mapping_lib.to_source(mapping_lib.flatten(params), mapping(model.depth), "the ViViT params")
     return {name: np.ascontiguousarray(value, np.float32) for name, value in tensors.items()}
-
-
-def save_hf_vivit(params: dict, model: ViViT, path: str | Path, extra: Mapping[str, Any] | None = None) -> None:
-    """Write our joint ViViT params as a `.safetensors` that transformers' VivitModel loads strictly.
-
-    Ours has no pooler: the file loads as is into `VivitModel(config, add_pooling_layer=False)`; for a model
-    with the pooler pass its tensors in `extra` (e.g. the `pooler.dense.*` of the checkpoint loaded from),
-    which are written alongside unchanged.
-    """
-    tensors = hf_state(params, model)
-    extra = {name: to_numpy(value) for name, value in (extra or {}).items()}
-    clash = sorted(set(extra) & set(tensors))
-    if clash:
-        raise UserError(f"extra tensors {clash} would overwrite the model's own")
-    save_file({**tensors, **extra}, str(path), metadata={"format": "pt"})
 
 
 def verify(params: dict, model: ViViT, hf_model: Any, video: Any) -> float:

@@ -35,7 +35,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from vlm_jax.convert import hf_vivit
+from vlm_jax.convert import hf_vivit, towers
 from vlm_jax.errors import UserError
 from vlm_jax.models.video.vivit import ViViT, tubelet_grid
 
@@ -139,3 +139,21 @@ def inflate_hf_vit(source: str | Path | Mapping[str, Any], model: ViViT, video_s
     what = (f"{'the state dict' if isinstance(source, Mapping) else source} (a ViT inflated into a "
             f"{model.depth}-layer ViViT)")
     return hf_vivit.params_from_state(state, model, video_shape, ignore, what)
+
+
+def inflate_folder(src: str | Path, out: str | Path, num_frames: int, tubelet_time: int = 2,
+                   method: str = "central") -> dict:
+    """`vlm convert vit_inflate`: a Hugging Face image ViT folder -> the tower file of a joint ViViT with its
+    dimensions, for clips of `num_frames` frames at the ViT's image size with (tubelet_time, patch, patch)
+    tubelets; a run starts its video tower from it with `init_from.video_encoder=OUT`."""
+    weights, config = towers.hf_folder(Path(src))
+    size, patch = config["image_size"], config["patch_size"]
+    model = ViViT(variant="joint", pool="cls", width=config["hidden_size"], depth=config["num_hidden_layers"],
+                  num_heads=config["num_attention_heads"], mlp_dim=config["intermediate_size"],
+                  tubelet=(tubelet_time, patch, patch))
+    video_shape = (1, num_frames, size, size, config.get("num_channels", 3))
+    params = inflate_hf_vit(weights, model, video_shape, method)
+    written = towers.write_tower(towers.Converted(model, {"params": params}, str(weights),
+                                                  {"video_shape": video_shape}), out)
+    return {"source": str(weights), "wrote": str(out), "tensors": written, "video_shape": list(video_shape)}
+

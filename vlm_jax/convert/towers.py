@@ -88,7 +88,7 @@ def model_of(metadata: dict) -> Any:
 
 # --- each source: read (source -> ours), write back (ours -> source), verify -------------------------------
 
-def _hf_dir(src: Path) -> tuple[Path, dict]:
+def hf_folder(src: Path) -> tuple[Path, dict]:
     """A Hugging Face model folder (config.json + model.safetensors), or the safetensors file inside one."""
     folder = src if src.is_dir() else src.parent
     weights = src if src.is_file() else folder / "model.safetensors"
@@ -98,7 +98,7 @@ def _hf_dir(src: Path) -> tuple[Path, dict]:
 
 
 def read_hf_bert(src: Path, ignore: tuple[str, ...]) -> Converted:
-    weights, config = _hf_dir(src)
+    weights, config = hf_folder(src)
     model = Bert(width=config["hidden_size"], depth=config["num_hidden_layers"], num_heads=config["num_attention_heads"],
                  mlp_dim=config["intermediate_size"], vocab_size=config["vocab_size"],
                  max_len=config["max_position_embeddings"], type_vocab_size=config.get("type_vocab_size", 2))
@@ -107,7 +107,7 @@ def read_hf_bert(src: Path, ignore: tuple[str, ...]) -> Converted:
 
 
 def read_hf_vivit(src: Path, ignore: tuple[str, ...]) -> Converted:
-    weights, config = _hf_dir(src)
+    weights, config = hf_folder(src)
     model = hf_vivit.model_from_hf_config(config)
     video_shape = hf_vivit.video_shape_from_hf_config(config)
     params = hf_vivit.load_hf_vivit(weights, model, video_shape, ignore or hf_vivit.DEFAULT_IGNORE)
@@ -129,9 +129,8 @@ def _write_hf(tensors: dict[str, np.ndarray], config: dict, out: Path) -> None:
 
 
 def write_hf_bert(flat: dict[str, np.ndarray], model: Bert, extra: dict, out: Path) -> None:
-    params = {k.removeprefix("params/"): v for k, v in flat.items()}
-    tensors = mapping_lib.to_source(params, hf_bert.mapping(model.depth), "the Bert tower")
-    _write_hf(tensors, extra["hf_config"], out)
+    params = mapping_lib.unflatten({k.removeprefix("params/"): v for k, v in flat.items()})
+    _write_hf(hf_bert.hf_state(params, model), extra["hf_config"], out)
 
 
 def write_hf_vivit(flat: dict[str, np.ndarray], model: ViViT, extra: dict, out: Path) -> None:

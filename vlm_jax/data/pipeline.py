@@ -26,7 +26,7 @@ import grain
 import numpy as np
 from PIL import Image
 
-from vlm_jax.data import builders, moving_shapes, tokenizer, video_io
+from vlm_jax.data import builders, features, registry, tokenizer, video_io
 from vlm_jax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -84,9 +84,9 @@ class Spec:
             num_workers=data.num_workers, prefetch=data.prefetch, shard_index=shard_index, shard_count=shard_count)
 
 
-def build_request(config) -> builders.BuildRequest:
+def build_request(config) -> features.BuildRequest:
     data = config.data
-    return builders.BuildRequest(
+    return features.BuildRequest(
         name=data.name, data_dir=data.data_dir, size=data.size, seed=data.build_seed,
         num_frames=data.build_frames, image_size=data.build_image_size, source=data.source,
         captions=data.captions_file, shape_scale=data.shape_scale, max_objects=data.max_objects)
@@ -108,26 +108,18 @@ class Vocabulary:
 
 
 def num_answers(config) -> int:
-    """Size of the configured data set's answer vocabulary (moving_shapes' is fixed; others need a build)."""
-    if config.data.name == "moving_shapes":
-        return len(moving_shapes.ANSWERS)
+    """Size of the configured data set's answer vocabulary (fixed for some data sets; others need a build)."""
+    fixed = registry.lookup(config.data.name).num_answers
+    if fixed is not None:
+        return fixed
     return len(Vocabulary.of(builders.open_dataset(builders.dataset_dir(build_request(config)))).answers)
 
 
 # ----------------------------------------------------------------------------- per-example transforms
 
 
-def text(value) -> str:
-    """A TFDS text feature (bytes) as str."""
-    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
-
-
-def texts(values) -> list[str]:
-    return [text(v) for v in values]
-
-
 def _decode_counting(values, issues: np.ndarray) -> list[str]:
-    """`texts(values)`, counting the values that were not valid UTF-8."""
+    """`features.texts(values)`, counting the values that were not valid UTF-8."""
     out = []
     for value in values:
         if isinstance(value, bytes):
@@ -135,7 +127,7 @@ def _decode_counting(values, issues: np.ndarray) -> list[str]:
                 value = value.decode("utf-8")
             except UnicodeDecodeError:
                 issues[DATA_ISSUES.index("non_utf8_texts")] += 1
-        out.append(text(value))
+        out.append(features.text(value))
     return out
 
 
@@ -164,7 +156,7 @@ class Transform:
             issues[DATA_ISSUES.index("unreadable")] = 1
             example = self.blank
         elif problem := self.shape_problem(example):
-            log.warning("data: skipping clip %s: %s", text(example.get("id", "?")), problem)
+            log.warning("data: skipping clip %s: %s", features.text(example.get("id", "?")), problem)
             issues[DATA_ISSUES.index("wrong_shape")] = 1
             example = self.blank
         out = self._transform(example, rng, issues)
@@ -391,15 +383,15 @@ def clip_attributes(spec: Spec, split: str) -> list[dict[str, list[str]]] | None
 
 def attributes_of(example: dict) -> dict[str, list[str]]:
     """A decoded example's scene attributes by kind (those its data set stores)."""
-    return {kind: texts(np.atleast_1d(example[feature]))
+    return {kind: features.texts(np.atleast_1d(example[feature]))
             for kind, feature in ATTRIBUTE_FEATURES.items() if feature in example}
 
 
 def transform(spec: Spec, dataset) -> Transform:
     """The data set's Transform; its blank clip has the stored shapes and no text."""
-    features = dataset.info.features
-    blank = {key: np.zeros(features[key].shape, features[key].np_dtype) for key in ("video", "audio", "boxes")
-             if key in features}
+    stored = dataset.info.features
+    blank = {key: np.zeros(stored[key].shape, stored[key].np_dtype) for key in ("video", "audio", "boxes")
+             if key in stored}
     blank.update({key: [] for key in ("captions", "hard_negatives", "hard_negative_kinds", "hard_negative_captions",
                                       "questions", "answers", "question_types", "choices")})
     blank["has_audio"] = np.asarray(False)

@@ -18,7 +18,7 @@ import tensorflow_datasets as tfds
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
-from vlm_jax.data import builders
+from vlm_jax.data import builders, features
 from vlm_jax.errors import UserError
 
 MAX_SCANNED = 2000  # statistics read at most this many examples per split, so large splits stay quick
@@ -63,7 +63,7 @@ def show(dataset_path: Path, out_dir: Path, num_clips: int = 8, split: str = "tr
     save_gif(clips, out_dir / "clips.gif", frame_ms=round(1000 / metadata.get("fps", 8.0)))
     with_audio = [clip for clip in clips if clip["has_audio"]][:AUDIO_CLIPS]
     if with_audio:
-        audio_figure(with_audio, metadata.get("sample_rate", builders.SAMPLE_RATE)).savefig(
+        audio_figure(with_audio, metadata.get("sample_rate", features.SAMPLE_RATE)).savefig(
             out_dir / "audio.png", dpi=100)
     return stats
 
@@ -76,7 +76,7 @@ def dataset_stats(builder: tfds.core.DatasetBuilder, dataset_path: Path) -> dict
     info = builder.info
     metadata = info.metadata or {}
     num_samples = int(info.features["audio"].shape[0])
-    sample_rate = metadata.get("sample_rate", builders.SAMPLE_RATE)
+    sample_rate = metadata.get("sample_rate", features.SAMPLE_RATE)
     stats = {
         "dataset": str(dataset_path),
         "name": info.name,
@@ -94,8 +94,8 @@ def dataset_stats(builder: tfds.core.DatasetBuilder, dataset_path: Path) -> dict
 
 def split_stats(builder: tfds.core.DatasetBuilder, split: str) -> dict:
     """Distributions over the first MAX_SCANNED examples; `scanned` < `total` says when that is a sample."""
-    features = builder.info.features.keys()
-    skip_pixels = {name: tfds.decode.SkipDecoding() for name in RAW_FIELDS if name in features}
+    stored = builder.info.features.keys()
+    skip_pixels = {name: tfds.decode.SkipDecoding() for name in RAW_FIELDS if name in stored}
     source = builder.as_data_source(split=split, decoders=skip_pixels)
     total = len(source)
     scanned = min(total, MAX_SCANNED)
@@ -105,21 +105,21 @@ def split_stats(builder: tfds.core.DatasetBuilder, split: str) -> dict:
     captions_per_clip, caption_words, with_audio = [], [], 0
     for index in range(scanned):
         example = source[index]
-        captions = _texts(example["captions"])
+        captions = features.texts(example["captions"])
         captions_per_clip.append(len(captions))
         caption_words.extend(len(caption.split()) for caption in captions)
         with_audio += bool(example["has_audio"])
-        negatives.update(_texts(example["hard_negative_kinds"]))
-        for kind, answer in zip(_texts(example["question_types"]), _texts(example["answers"])):
+        negatives.update(features.texts(example["hard_negative_kinds"]))
+        for kind, answer in zip(features.texts(example["question_types"]), features.texts(example["answers"])):
             questions[kind] += 1
             answers[kind][answer] += 1
         for field, name in LABEL_FIELDS.items():
             if field in example:
-                labels[name].update(_texts(example[field]))
+                labels[name].update(features.texts(example[field]))
         if "object_shapes" in example:
             labels["num_objects"][str(len(example["object_shapes"]))] += 1
         if "sound" in example:
-            labels["sounds"][_text(example["sound"])] += 1
+            labels["sounds"][features.text(example["sound"])] += 1
         if "sequential" in example:
             labels["timing"]["sequential" if example["sequential"] else "together"] += 1
     return {
@@ -133,14 +133,6 @@ def split_stats(builder: tfds.core.DatasetBuilder, split: str) -> dict:
         "answers": {kind: _sorted(counts) for kind, counts in sorted(answers.items())},
         **{name: _sorted(counts) for name, counts in sorted(labels.items())},
     }
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _texts(values) -> list[str]:
-    return [_text(v) for v in values]
 
 
 def _mean(values: list[int]) -> float | None:
@@ -158,18 +150,18 @@ def samples_markdown(clips: list[dict], title: str) -> str:
     """Every caption, hard negative and QA pair of the clips, for reading alongside the pictures."""
     lines = [f"# {title}: first {len(clips)} clips", ""]
     for number, clip in enumerate(clips, 1):
-        lines += [f"## {number}. {_text(clip['id'])}", ""]
+        lines += [f"## {number}. {features.text(clip['id'])}", ""]
         if "object_shapes" in clip:
-            objects = zip(*(_texts(clip[f]) for f in ("object_sizes", "object_colours", "object_shapes",
-                                                         "object_motions")))
+            objects = zip(*(features.texts(clip[f]) for f in ("object_sizes", "object_colours", "object_shapes",
+                                                                  "object_motions")))
             described = "; ".join(f"{size} {colour} {shape} ({motion})" for size, colour, shape, motion in objects)
             timing = "sequential" if clip["sequential"] else "together"
-            lines += [f"objects: {described}; {timing}; sound: {_text(clip['sound'])}", ""]
-        lines += ["captions:", ""] + [f"{k}. {c}" for k, c in enumerate(_texts(clip["captions"]), 1)] + [""]
-        negatives = list(zip(_texts(clip["hard_negative_kinds"]), _texts(clip["hard_negatives"])))
+            lines += [f"objects: {described}; {timing}; sound: {features.text(clip['sound'])}", ""]
+        lines += ["captions:", ""] + [f"{k}. {c}" for k, c in enumerate(features.texts(clip["captions"]), 1)] + [""]
+        negatives = list(zip(features.texts(clip["hard_negative_kinds"]), features.texts(clip["hard_negatives"])))
         if negatives:
             lines += ["hard negatives:", ""] + [f"- [{kind}] {text}" for kind, text in negatives] + [""]
-        qa = list(zip(*(_texts(clip[f]) for f in ("question_types", "questions", "answers", "choices"))))
+        qa = list(zip(*(features.texts(clip[f]) for f in ("question_types", "questions", "answers", "choices"))))
         if qa:
             lines += ["| type | question | answer | choices |", "|---|---|---|---|"]
             lines += [f"| {_cell(kind)} | {_cell(question)} | {_cell(answer)} | {_cell(choices.replace('|', ', '))} |"
@@ -248,14 +240,14 @@ def contact_sheet(clips: list[dict]) -> Image.Image:
             image = upscale(clip["video"][frame], SHEET_FRAME_PX)
             _draw_boxes(image, clip, frame)
             sheet.paste(image, (column * (tile.width + GAP), top))
-        caption = f"{_text(clip['id'])}:  {_first_caption(clip)}"
+        caption = f"{features.text(clip['id'])}:  {_first_caption(clip)}"
         for k, text in enumerate(_wrap(caption, font, width - 8, SHEET_CAPTION_LINES)):
             draw.text((4, top + tile.height + GAP + k * line), text, fill=TEXT_COLOUR, font=font)
     return sheet
 
 
 def _first_caption(clip: dict) -> str:
-    return _text(clip["captions"][0]) if len(clip["captions"]) else "(no caption)"
+    return features.text(clip["captions"][0]) if len(clip["captions"]) else "(no caption)"
 
 
 def save_gif(clips: list[dict], path: Path, frame_ms: int) -> None:
@@ -289,8 +281,8 @@ def audio_figure(clips: list[dict], sample_rate: int) -> Figure:
     axes = figure.subplots(len(clips), 2, squeeze=False)
     for (wave_axis, spec_axis), clip in zip(axes, clips):
         wave = clip["audio"].astype(np.float32) / 32768.0
-        label = _text(clip["sound"]) if "sound" in clip else "audio"
-        title = f"{_text(clip['id'])}: {label}"
+        label = features.text(clip["sound"]) if "sound" in clip else "audio"
+        title = f"{features.text(clip['id'])}: {label}"
         wave_axis.plot(np.arange(len(wave)) / sample_rate, wave, linewidth=0.5)
         seconds = len(wave) / sample_rate
         wave_axis.set(title=title, xlabel="seconds", ylabel="amplitude", ylim=(-1, 1), xlim=(0, seconds))

@@ -11,7 +11,7 @@ three formats:
   ("qa", "type" and "choices" are optional; type defaults to "open");
 * CSV with the header video_id,caption, one row per caption.
 
-Examples share the moving_shapes schema (`builders.clip_features`), so one grain pipeline reads
+Examples share the moving_shapes schema (`features.clip_features`), so one grain pipeline reads
 both. Frames: `num_frames` uniformly spaced over the whole clip, short side resized and
 centre-cropped (sample more frames here to sample randomly again at read time). Audio: the first
 `max_audio_s` seconds (default 10) as 16 kHz int16, zero-padded to a fixed length; zeros and
@@ -42,7 +42,8 @@ from typing import NoReturn
 import numpy as np
 import tensorflow_datasets as tfds
 
-from vlm_jax.data import builders, video_io
+from vlm_jax.data import video_io
+from vlm_jax.data.features import SAMPLE_RATE, BuildRequest, clip_features
 from vlm_jax.errors import UserError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
@@ -232,7 +233,7 @@ class VideoFolderConfig(tfds.core.BuilderConfig):
 
     @property
     def num_samples(self) -> int:
-        return int(round(self.max_audio_s * builders.SAMPLE_RATE))
+        return int(round(self.max_audio_s * SAMPLE_RATE))
 
 
 class VideoFolder(tfds.core.GeneratorBasedBuilder):
@@ -243,11 +244,11 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         cfg = self.builder_config
         metadata = tfds.core.MetadataDict(
-            answers=[], question_types=[], sample_rate=builders.SAMPLE_RATE, max_audio_s=cfg.max_audio_s,
+            answers=[], question_types=[], sample_rate=SAMPLE_RATE, max_audio_s=cfg.max_audio_s,
             source=str(cfg.source), skipped=dict.fromkeys(SKIP_REASONS, 0))
         return tfds.core.DatasetInfo(
             builder=self, description=__doc__,
-            features=builders.clip_features(cfg.num_frames, cfg.image_size, cfg.num_samples), metadata=metadata)
+            features=clip_features(cfg.num_frames, cfg.image_size, cfg.num_samples), metadata=metadata)
 
     def _download_and_prepare(self, dl_manager, download_config):
         """Keep decoded clips in a scratch folder inside the unfinished data directory while splits are written.
@@ -276,7 +277,7 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
                 continue
             try:
                 decoded = video_io.decode_video(path, cfg.num_frames, cfg.image_size,
-                                                sample_rate=builders.SAMPLE_RATE)
+                                                sample_rate=SAMPLE_RATE)
             except video_io.VideoDecodeError as error:
                 log.warning("video_folder: skipping unreadable video: %s", error)
                 skipped["corrupt_video"] += 1
@@ -315,7 +316,7 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
                 }
 
 
-def builder(request: builders.BuildRequest) -> VideoFolder:
+def builder(request: BuildRequest) -> VideoFolder:
     """The builder for `request.source` (a folder of videos) and its captions file."""
     if not request.source:
         raise UserError("video_folder needs a source: the folder that holds the videos")

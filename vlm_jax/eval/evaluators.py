@@ -15,7 +15,6 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from vlm_jax.apps import recommend
@@ -24,7 +23,7 @@ from vlm_jax.errors import UserError
 from vlm_jax.eval import caption_metrics, metrics
 from vlm_jax.models import decoding
 from vlm_jax.models.layers import Encoded, repeat_encoded
-from vlm_jax.train.loop import Run
+from vlm_jax.run.build import Run
 from vlm_jax.train.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -47,10 +46,7 @@ class _Evaluator:
 
     def outputs(self, state: TrainState, split: str) -> dict[str, np.ndarray]:
         run, parts = self.run, []
-        limit = int(run.config.eval.max_batches)
-        for index, batch in enumerate(pipeline.eval_dataset(run.spec, split)):
-            if 0 < limit <= index:
-                break
+        for batch in run.eval_batches(split):
             with run.mesh_context():
                 parts.append(jax.device_get(self._step(state, run.to_device(batch))))
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -276,21 +272,6 @@ class ExplainEvaluator:
                 for k, v in explain.score_split(model, split, limit=limit, method=method).items()}
 
 
-def default_eval_config() -> ml_collections.ConfigDict:
-    """The `eval` block: what every evaluator reads. Runs written before a key existed get its default
-    here when they are evaluated again (`runner.load_run`)."""
-    return ml_collections.ConfigDict({
-        "splits": ("test", "test_novel"),  # evaluated at the end of training into results.json
-        "max_batches": 0,  # per evaluation and split; 0: the whole split
-        "rerank_k": 0,  # retrieval: re-rank each text's top k videos by the matching (VTM) head; 0: off
-        # captioning: beam search over the KV cache (beam_size 1 is greedy), GNMT length penalty alpha, at
-        # least min_len tokens (BLIP's min_length), at most max_len tokens with [CLS]
-        "caption": {"beam_size": 3, "alpha": 0.6, "min_len": 4, "max_len": 32},
-        "recommend_users": 200,  # simulated users for recommendation hit-rate / nDCG
-        "explain_clips": 64,  # explanations scored against the ground-truth boxes (`vlm eval --tasks explain`)
-    })
-
-
 EVALUATORS: dict[str, Callable[[Run], Any]] = {
     "retrieval": RetrievalEvaluator, "qa": QaEvaluator, "caption": CaptionEvaluator, "recommend": RecommendEvaluator,
     "explain": ExplainEvaluator,
@@ -307,16 +288,3 @@ TASK_EVALUATORS: dict[str, tuple[str, ...]] = {
 def evaluators_for(config: Any, tasks: tuple[str, ...] | None = None) -> tuple[Callable[[Run], Any], ...]:
     """The evaluators for `tasks` (default: those that suit the config's training task)."""
     return tuple(EVALUATORS[name] for name in (tasks or TASK_EVALUATORS[config.train.task]))
-
-
-def metrics_table(results: dict[str, float], per_class: bool = False) -> str:
-    """results.json as an aligned two-column table; per-answer QA precision / recall / F1 only when asked
-    (they stay in results.json)."""
-    shown = {k: v for k, v in results.items() if per_class or not metrics.PER_ANSWER_METRIC.search(k)}
-    width = max((len(k) for k in shown), default=0)
-    lines = [f"{'metric'.ljust(width)}  value", f"{'-' * width}  -----"]
-    lines += [f"{k.ljust(width)}  {v:.4g}" if isinstance(v, (int, float)) else f"{k.ljust(width)}  {v}"
-              for k, v in sorted(shown.items())]
-    if len(shown) < len(results):
-        lines.append(f"({len(results) - len(shown)} per-answer QA metrics are in results.json)")
-    return "\n".join(lines)

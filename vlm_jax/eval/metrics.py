@@ -6,13 +6,9 @@ Percentages are 0 to 100, as results.json reports them.
 
 from __future__ import annotations
 
-import re
 from typing import Sequence
 
 import numpy as np
-
-# results.json keys of per-answer QA precision / recall / F1 (shown only on request: there is one per answer)
-PER_ANSWER_METRIC = re.compile(r"/qa/(precision|recall|f1)_(?!macro)")
 
 
 def ranks(similarity: np.ndarray, positives: np.ndarray) -> np.ndarray:

@@ -1,6 +1,5 @@
-"""A trained run loaded back from its workdir, for `vlm eval` and the applications (search, captions, answers).
+"""`vlm eval`: a trained run's checkpoint evaluated again, its results merged into its results.json.
 
-    run, state, step = load_run("runs/pretrain")          # config.json + the latest checkpoint
     results = evaluate("runs/pretrain", splits=["test"])  # merged into runs/pretrain/results.json
 """
 
@@ -13,41 +12,12 @@ from typing import Iterable
 
 import jax
 
-from vlm_jax import config as config_lib
 from vlm_jax.errors import UserError
 from vlm_jax.eval import evaluators as evaluators_lib
-from vlm_jax.train import checkpoint as checkpoint_lib
-from vlm_jax.train.loop import LossEvaluator, Run, ensure_data
-from vlm_jax.train.state import TrainState
+from vlm_jax.run.build import load_run
+from vlm_jax.run.loop import LossEvaluator
 
 log = logging.getLogger(__name__)
-
-
-def load_run(workdir: str | Path, step: int | None = None,
-             overrides: Iterable[str] = ()) -> tuple[Run, TrainState, int]:
-    """The run's `Run` (from its config.json, with overrides such as `eval.max_batches=2`) and its state at
-    `step` (default: the latest checkpoint), placed on this machine's devices."""
-    workdir = Path(workdir)
-    if not (workdir / "config.json").is_file():
-        raise UserError(f"{workdir} is not a run directory (no config.json)")
-    config = config_lib.load(str(workdir / "config.json"))  # with the defaults of keys added since
-    for override in overrides:
-        config_lib.apply_override(config, override)
-    config_lib.validate(config)
-    ensure_data(config)
-    run = Run(config)
-    checkpointer = checkpoint_lib.Checkpointer(workdir, async_save=False)
-    try:
-        step = checkpointer.latest_step() if step is None else int(step)
-        if step is None:
-            raise UserError(f"{workdir} has no checkpoint yet")
-        if step not in checkpointer.all_steps():
-            raise UserError(f"{workdir} has no checkpoint for step {step}; it has {checkpointer.all_steps()}")
-        state, _ = checkpointer.restore(step, run.factory.abstract())
-    finally:
-        checkpointer.close()
-    log.info("loaded %s at step %d", workdir, step)
-    return run, state, step
 
 
 def evaluate(workdir: str | Path, splits: Iterable[str] | None = None, tasks: Iterable[str] | None = None,

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from vlm_jax.data import tokenizer
 from vlm_jax.models import vlm
-from vlm_jax.models.layers import Encoded, repeat_encoded
+from vlm_jax.models.layers import repeat_encoded
 
 BANNED_IDS = (tokenizer.PAD_ID, tokenizer.CLS_ID, tokenizer.MASK_ID, tokenizer.UNK_ID)
 NEG_INF = -1.0e9  # finite, so sums of impossible scores stay comparable and never become NaN

@@ -18,7 +18,7 @@ clip, and cross-attention reads one copy of them for the k texts. All modules sh
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import ClassVar, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -46,7 +46,11 @@ def concat_tokens(parts: Sequence[tuple[jax.Array, jax.Array | None]]) -> tuple[
 
 
 class _Fusion(nn.Module):
-    """The field set shared by every fusion module; not every module reads every field."""
+    """The field set shared by every fusion module; not every module reads every field. `MIXES_TOKENS`:
+    whether the fused tokens see the video (what VTM and MLM need); `CROSS_ATTENTION`: whether text
+    attends to the video tokens (what attention explanations read)."""
+    MIXES_TOKENS: ClassVar[bool] = True
+    CROSS_ATTENTION: ClassVar[bool] = False
     width: int = 256
     depth: int = 2
     num_heads: int = 4
@@ -90,6 +94,7 @@ class DualEncoder(_Fusion):
     both modalities. The tokens never see the video, so VTM and MLM are not meaningful with this
     fusion (config validation forbids them); contrastive learning reads the towers directly.
     """
+    MIXES_TOKENS: ClassVar[bool] = False
 
     @nn.compact
     def __call__(self, video: Encoded, text: Encoded, audio: Encoded | None = None, *,
@@ -163,6 +168,7 @@ class ConcatEarly(_Fusion):
 class CrossAttentionFusion(_Fusion):
     """Text tokens attend to the video (+ audio) tokens in every layer (ALPRO / BLIP); pooled = the
     first text token's output, which the text tower puts at [CLS]."""
+    CROSS_ATTENTION: ClassVar[bool] = True
 
     @nn.compact
     def __call__(self, video: Encoded, text: Encoded, audio: Encoded | None = None, *,
@@ -180,6 +186,7 @@ class CoAttention(_Fusion):
     """ViLBERT-style co-attention: per layer, text attends to video (+ audio) and video (+ audio) attends to
     text, both from the previous layer's states. pooled = projection of [text CLS, mean of the video stream]
     (video towers need not have a CLS)."""
+    CROSS_ATTENTION: ClassVar[bool] = True
 
     @nn.compact
     def __call__(self, video: Encoded, text: Encoded, audio: Encoded | None = None, *,

@@ -10,6 +10,7 @@ activations: activation_batch, activation_length, activation_embed.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable, NamedTuple
 
@@ -48,6 +49,15 @@ class TokenGrid(NamedTuple):
     @property
     def size(self) -> int:
         return self.time * self.height * self.width
+
+
+def to_unit_range(video: jax.Array, dtype: Dtype = jnp.float32) -> jax.Array:
+    """uint8 frames [0, 255] -> [-1, 1] in `dtype`, the range every video encoder takes; float video is
+    taken to be in [-1, 1] already."""
+    video = jnp.asarray(video)
+    if video.dtype == jnp.uint8:
+        return video.astype(dtype) * (2.0 / 255.0) - 1.0
+    return video.astype(dtype)
 
 
 def logical(init: Callable, axes: tuple[str | None, ...]) -> Callable:
@@ -342,6 +352,21 @@ REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
+
+
+def field_choices(module: type[nn.Module]) -> dict[str, tuple]:
+    """A module class's fields that take one of a fixed set of values: its `CHOICES`, and `remat` wherever
+    it has one. Config validation reads them to name a bad key before anything is traced."""
+    has_remat = any(field.name == "remat" for field in dataclasses.fields(module))
+    return {**getattr(module, "CHOICES", {}), **({"remat": tuple(REMAT_POLICIES)} if has_remat else {})}
+
+
+def check_choices(module: nn.Module) -> None:
+    """ValueError for a field of `module` outside its `field_choices`."""
+    for field, allowed in field_choices(type(module)).items():
+        value = getattr(module, field)
+        if value not in allowed:
+            raise ValueError(f"unknown {field} {value!r}; choose one of {', '.join(map(str, allowed))}")
 
 
 def stack_layers(block: Any, block_kwargs: dict, num_layers: int, x: jax.Array, *args, remat: str = "none",

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from vlm_jax.models import audio, fusion, heads
-from vlm_jax.models.layers import REMAT_POLICIES, Encoded
+from vlm_jax.models.layers import Encoded, field_choices, to_unit_range
 from vlm_jax.models.text import bert, bow
 from vlm_jax.models.video import cnn2d, cnn_rnn, i3d, linear, single_frame, vivit
 
@@ -45,32 +45,21 @@ _HEAD_SIZES = {
 
 
 FAMILIES = {"video": VIDEO_ENCODERS, "text": TEXT_ENCODERS, "audio": AUDIO_ENCODERS}
-# The string fields with a fixed set of values, per block, so that config validation can name a bad one
-# before anything is traced (the modules check them again when built). `remat` is checked in every block.
-FIELD_CHOICES = {
-    "video.vivit": {"variant": vivit.VARIANTS, "pool": vivit.POOLS},
-    "video.single_frame": {"pool": vivit.POOLS},
-    "video.cnn2d": {"temporal": cnn2d.TEMPORAL_MODES},
-    "video.cnn_rnn": {"cell": tuple(cnn_rnn.CELLS)},
-    "video.linear": {"tokens": linear.TOKENS},
-    "text.bow": {"pool": bow.POOLS},
-    "text.linear": {"pool": bow.POOLS},
-    "text.bert": {"pool": bert.POOLS},
-}
-
-
 def field_problems(model: ml_collections.ConfigDict) -> list[tuple[str, str, Any]]:
-    """(key, allowed values, value) for each enumerated field of the chosen blocks that holds another value."""
-    blocks = {f"{family}.{model[family].name}": model[family][model[family].name]
+    """(key, allowed values, value) for each field of the chosen modules' blocks that holds a value outside
+    the module's `field_choices`."""
+    chosen = {f"{family}.{model[family].name}": (FAMILIES[family][model[family].name], model[family][model[family].name])
               for family in FAMILIES if model[family].name}
-    blocks.update({"fusion": model.fusion, "caption": model.caption})
+    chosen.update({"fusion": (fusion.FUSIONS[model.fusion.name], model.fusion),
+                   "caption": (CAPTION_DECODERS[model.caption.name], model.caption)})
     problems = []
-    for path, block in blocks.items():
-        choices = {**FIELD_CHOICES.get(path, {}), **({"remat": tuple(REMAT_POLICIES)} if "remat" in block else {})}
-        for field, allowed in choices.items():
-            if block[field] not in allowed:
-                problems.append((f"model.{path}.{field}", ", ".join(allowed), block[field]))
+    for path, (module, block) in chosen.items():
+        for field, allowed in field_choices(module).items():
+            if field in block and block[field] not in allowed:
+                problems.append((f"model.{path}.{field}", ", ".join(map(str, allowed)), block[field]))
     return problems
+
+
 _NOT_CONFIG = {"parent", "name", "dtype", "param_dtype"}
 
 
@@ -88,7 +77,7 @@ def model_config(size: str) -> ml_collections.ConfigDict:
     blocks = {family: {name: ml_collections.ConfigDict({**_fields(module), **_SIZE_TABLES[family][name][size]})
                        for name, module in modules.items()} for family, modules in FAMILIES.items()}
     video = {"name": "vivit", **blocks["video"]}
-    if size == "tiny":  # 3x cheaper than joint attention on a CPU (fwd+bwd of 16 clips: 0.22 s vs 0.68 s)
+    if size == "tiny":  # factorised attention is the cheaper one on a CPU (docs/bench.md)
         video["vivit"].variant = "factorised_encoder"
     return ml_collections.ConfigDict({
         "dtype": "float32",
@@ -114,6 +103,12 @@ def model_config(size: str) -> ml_collections.ConfigDict:
 def _kwargs(block: Any) -> dict:
     """A config block as constructor keyword arguments (JSON lists become the tuples modules expect)."""
     return {k: tuple(v) if isinstance(v, list) else v for k, v in dict(block).items()}
+
+
+def video_encoder(config: ml_collections.ConfigDict, name: str, **dtypes: Any) -> nn.Module:
+    """The video encoder `name` built from its block of the `model` config (`config.video[name]`); `dtypes`
+    are its `dtype` and `param_dtype`."""
+    return VIDEO_ENCODERS[name](**_kwargs(config.video[name]), **dtypes)
 
 
 def retrieval_uses_audio(config: ml_collections.ConfigDict) -> bool:
@@ -160,8 +155,7 @@ class VLM(nn.Module):
     def encode_video(self, video: jax.Array, audio_wave: jax.Array | None = None, *,
                      train: bool = False) -> tuple[Encoded, Encoded | None]:
         """uint8 (or [-1, 1] float) frames [B, T, H, W, 3] and the waveform -> video and audio tokens."""
-        dtype = jnp.dtype(self.config.dtype)
-        pixels = video.astype(dtype) * (2.0 / 255.0) - 1.0 if video.dtype == jnp.uint8 else video.astype(dtype)
+        pixels = to_unit_range(video, jnp.dtype(self.config.dtype))
         encoded = self.video_encoder(pixels, train=train)
         sound = None
         if self.audio_encoder is not None and audio_wave is not None:

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import optax
 
 from vlm_jax.data.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID, VOCAB_SIZE
-from vlm_jax.models import heads
+from vlm_jax.models import heads, layers
 from vlm_jax.models.video.vivit import gather_tokens, patchify, random_keep, tubelet_grid
 
 Metrics = dict[str, jax.Array]
@@ -181,14 +181,6 @@ def mlm_loss(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, Metrics]
 
 # --------------------------------------------------------------------------------------------- MVM
 
-def to_unit_range(video: jax.Array) -> jax.Array:
-    """uint8 [0, 255] -> float32 [-1, 1] exactly as `VLM.encode_video` does; float video is taken as [-1, 1]."""
-    video = jnp.asarray(video)
-    if video.dtype == jnp.uint8:
-        return video.astype(jnp.float32) * (2.0 / 255.0) - 1.0
-    return video.astype(jnp.float32)
-
-
 def num_masked_cubes(num_cubes: int, ratio: float) -> int:
     """M = max(1, round(ratio * num_cubes)), the number of cubes `mask_cubes` masks per example."""
     if not 0.0 <= ratio <= 1.0:
@@ -212,7 +204,7 @@ def mask_cubes(video: jax.Array, rng: jax.Array, tubelet: tuple[int, int, int],
     batch = video.shape[0]
     positions = random_keep(rng, batch, 1, num_cubes, masked)[:, 0]
     cube_masked = jnp.zeros((batch, num_cubes), jnp.bool_).at[jnp.arange(batch)[:, None], positions].set(True)
-    pixels = to_unit_range(video)
+    pixels = layers.to_unit_range(video)
     (grid_t, grid_h, grid_w), (step_t, step_h, step_w) = grid, tuple(tubelet)
     shaped = pixels.reshape(batch, grid_t, step_t, grid_h, step_h, grid_w, step_w, pixels.shape[-1])
     hide = cube_masked.reshape(batch, grid_t, 1, grid_h, 1, grid_w, 1, 1)
@@ -222,7 +214,7 @@ def mask_cubes(video: jax.Array, rng: jax.Array, tubelet: tuple[int, int, int],
 def mvm_targets(video: jax.Array, positions: jax.Array, tubelet: tuple[int, int, int]) -> jax.Array:
     """The raw pixels (in [-1, 1]) of the cubes at `positions` [B, M] of the UNMASKED video: [B, M, t*h*w*3],
     flattened as `patchify` does. `heads.mvm_loss` normalises them per patch."""
-    return gather_tokens(patchify(to_unit_range(video), tuple(tubelet)), positions)
+    return gather_tokens(patchify(layers.to_unit_range(video), tuple(tubelet)), positions)
 
 
 def mvm_loss(pred: jax.Array, targets: jax.Array, weights: jax.Array | None = None) -> tuple[jax.Array, Metrics]:

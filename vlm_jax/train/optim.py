@@ -147,11 +147,6 @@ def decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def trainable_mask(config_optim: Any, params: Any) -> Any:
-    """True where the parameter is trained (not frozen)."""
-    return jax.tree.map(lambda l: l != FROZEN, param_labels(config_optim, params))
-
-
 def _validate(config_optim: Any, params_abstract: Any) -> None:
     paths = [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params_abstract)[0]]
     for key, prefixes in (("frozen", _frozen(config_optim)), ("lr_multipliers", list(_multipliers(config_optim)))):

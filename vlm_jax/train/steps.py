@@ -38,10 +38,13 @@ from vlm_jax.train.state import TrainState
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
-TASKS = ("pretrain", "retrieval", "caption", "qa")
-PRETRAIN_LOSSES = ("contrastive", "vtm", "mlm", "mvm")
-TASK_LOSSES = {"pretrain": PRETRAIN_LOSSES, "retrieval": ("contrastive",), "caption": ("caption",),
-               "qa": ("qa", "choice")}
+_FUSED = ("video_encoder", "audio_encoder", "text_encoder", "fusion")
+# loss -> the top-level modules its gradient reaches (contrastive: the audio tower too when the retrieval
+# embedding reads it, `Settings.retrieval_audio`)
+LOSS_MODULES = {"contrastive": ("video_encoder", "text_encoder", "contrastive"), "vtm": (*_FUSED, "matching"),
+                "mlm": (*_FUSED, "mlm_head"), "mvm": ("video_encoder", "mvm_head"),
+                "caption": ("video_encoder", "audio_encoder", "caption_decoder"), "qa": (*_FUSED, "qa_head"),
+                "choice": (*_FUSED, "qa_head")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,29 +194,33 @@ def qa_loss(vlm: VLM, batch: Batch, rng: jax.Array, settings: Settings, train: b
     return _weighted(settings, terms, metrics)
 
 
-LOSSES: dict[str, Callable[..., tuple[jax.Array, Metrics]]] = {
-    "pretrain": pretrain_loss, "retrieval": retrieval_loss, "caption": caption_loss, "qa": qa_loss}
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """A training task: its loss function, the losses it weighs (`config.losses`), and whether each clip
+    meets its questions (qa) or its captions."""
+    loss: Callable[..., tuple[jax.Array, Metrics]]
+    losses: tuple[str, ...]
+    questions: bool = False
+
+
+TASKS: dict[str, Task] = {
+    "pretrain": Task(pretrain_loss, ("contrastive", "vtm", "mlm", "mvm")),
+    "retrieval": Task(retrieval_loss, ("contrastive",)),
+    "caption": Task(caption_loss, ("caption",)),
+    "qa": Task(qa_loss, ("qa", "choice"), questions=True),
+}
 
 
 def trained_modules(settings: Settings) -> set[str]:
-    """The top-level modules whose parameters the task's losses reach; the loop freezes the others, so that
-    weight decay does not shrink heads that get no gradient (and they cost no optimizer memory)."""
-    contrastive = {"contrastive", "audio_encoder"} if settings.retrieval_audio else {"contrastive"}
-    if settings.task == "retrieval":
-        return {"video_encoder", "text_encoder"} | contrastive
-    if settings.task == "caption":
-        return {"video_encoder", "audio_encoder", "caption_decoder"}
-    if settings.task == "qa":
-        return {"video_encoder", "audio_encoder", "text_encoder", "fusion", "qa_head"}
-    used = {"video_encoder", "text_encoder"}
-    if settings.weight("contrastive"):
-        used |= contrastive
-    if settings.weight("vtm"):
-        used |= {"audio_encoder", "fusion", "matching"}
-    if settings.weight("mlm"):
-        used |= {"audio_encoder", "fusion", "mlm_head"}
-    if settings.weight("mvm"):
-        used |= {"mvm_head"}
+    """The top-level modules whose parameters the task's losses reach (`LOSS_MODULES`, the losses of weight
+    0 left out); the loop freezes the others, so that weight decay does not shrink heads that get no
+    gradient (and they cost no optimizer memory)."""
+    used = set()
+    for loss in TASKS[settings.task].losses:
+        if settings.weight(loss):
+            used.update(LOSS_MODULES[loss])
+            if loss == "contrastive" and settings.retrieval_audio:
+                used.add("audio_encoder")
     return used
 
 
@@ -224,7 +231,7 @@ def _apply_loss(model: VLM, settings: Settings, params: Any, batch_stats: Any, b
     k_loss, k_dropout, k_masking = jax.random.split(rng, 3)
     variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
     mutable = ["batch_stats"] if (train and batch_stats) else False
-    out = model.apply(variables, batch, k_loss, settings, train, method=LOSSES[settings.task],
+    out = model.apply(variables, batch, k_loss, settings, train, method=TASKS[settings.task].loss,
                       rngs={"dropout": k_dropout, "masking": k_masking}, mutable=mutable)
     (loss, metrics), updates = out if mutable else (out, {})
     return loss, (metrics, updates.get("batch_stats", batch_stats))
@@ -267,7 +274,7 @@ def make_eval_step(model: VLM, settings: Settings) -> Callable[[TrainState, Batc
     MLM/MVM is the same at every evaluation, so validation losses are comparable across steps). Returns
     per-batch means plus `weight`, the number of valid questions (qa) or captions (the other tasks), for a
     weighted average over batches."""
-    counted = "question_valid" if settings.task == "qa" else "caption_valid"
+    counted = "question_valid" if TASKS[settings.task].questions else "caption_valid"
 
     def eval_step(state: TrainState, batch: Batch) -> Metrics:
         _, (metrics, _) = _apply_loss(model, settings, state.params, state.batch_stats, batch,
@@ -284,7 +291,7 @@ def eval_slots(batch: dict[str, np.ndarray], task: str) -> Iterator[dict[str, np
     once per caption slot, caption k paired with one of its own hard negatives (the clips take turns over
     their kinds: direction, order, sound)."""
     valid = batch["valid"].astype(bool)
-    if task == "qa":
+    if TASKS[task].questions:
         yield {**batch, "question_valid": valid[:, None] & batch["question_valid"].astype(bool)}
         return
     out = {k: batch[k] for k in ("video", "audio", "has_audio") if k in batch}

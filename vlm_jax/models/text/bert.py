@@ -6,13 +6,15 @@ checkpoint tensor to one leaf here. Attention reuses `layers.Attention` (query/k
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from vlm_jax.data import tokenizer
-from vlm_jax.models.layers import (REMAT_POLICIES, Attention, Dtype, Encoded, LearnedPositions, constrain, dense,
-                                   key_padding_mask, layer_norm, logical, masked_mean)
+from vlm_jax.models.layers import (REMAT_POLICIES, Attention, Dtype, Encoded, LearnedPositions, check_choices,
+                                   constrain, dense, key_padding_mask, layer_norm, logical, masked_mean)
 
 POOLS = ("mean", "cls", "pooler")
 LAYER_NORM_EPS = 1e-12
@@ -101,6 +103,7 @@ class Bert(nn.Module):
     The pooler (dense + tanh on [CLS]) always runs so a checkpoint has no unused tensors; with another
     `pool` its parameters get no gradient.
     """
+    CHOICES: ClassVar[dict[str, tuple]] = {"pool": POOLS}
     vocab_size: int = tokenizer.VOCAB_SIZE
     width: int = 384
     depth: int = 6
@@ -115,10 +118,7 @@ class Bert(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     def setup(self):
-        if self.pool not in POOLS:
-            raise ValueError(f"unknown pool {self.pool!r}; choose one of {', '.join(POOLS)}")
-        if self.remat not in REMAT_POLICIES:
-            raise ValueError(f"unknown remat policy {self.remat!r}; choose one of {', '.join(REMAT_POLICIES)}")
+        check_choices(self)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         self.embeddings = BertEmbeddings(self.vocab_size, self.width, self.max_len, self.type_vocab_size,
                                          self.dropout, **kw)

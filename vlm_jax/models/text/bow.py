@@ -7,12 +7,14 @@ and then averaging equals averaging and then projecting, since the map is linear
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from vlm_jax.data import tokenizer
-from vlm_jax.models.layers import Dtype, Encoded, dense, logical, masked_mean
+from vlm_jax.models.layers import Dtype, Encoded, check_choices, dense, logical, masked_mean
 
 POOLS = ("mean", "max")
 
@@ -38,6 +40,7 @@ class BagOfWords(nn.Module):
     The projection is applied per token before pooling so `tokens` and `pooled` share one width,
     which is what fusion modules expect; `logits` still takes hidden states of `width`.
     """
+    CHOICES: ClassVar[dict[str, tuple]] = {"pool": POOLS}
     vocab_size: int = tokenizer.VOCAB_SIZE
     width: int = 384
     pool: str = "mean"
@@ -46,8 +49,7 @@ class BagOfWords(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     def setup(self):
-        if self.pool not in POOLS:
-            raise ValueError(f"unknown pool {self.pool!r}; choose one of {', '.join(POOLS)}")
+        check_choices(self)
         # Unit-norm rows on average, so pooled vectors and tied logits start at a sane scale.
         init = nn.initializers.normal(stddev=self.width ** -0.5)
         self.word_embeddings = nn.Embed(self.vocab_size, self.width, dtype=self.dtype, param_dtype=self.param_dtype,

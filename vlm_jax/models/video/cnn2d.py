@@ -9,13 +9,14 @@ where a shape is (and so where it goes) survives. `CNNRNN` (cnn_rnn.py) reuses t
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vlm_jax.models.layers import (Dtype, Encoded, TokenGrid, Transformer, constrain, dense,
-                                   layer_norm, logical)
+from vlm_jax.models.layers import (Dtype, Encoded, TokenGrid, Transformer, check_choices, constrain, dense, layer_norm,
+                                   logical)
 
 TEMPORAL_MODES = ("mean", "transformer")
 
@@ -120,6 +121,7 @@ class CNN2D(nn.Module):
     and its cells join the appearance cells (TSN's two streams): motion gets its own features instead of
     sharing the appearance trunk's. `train` only switches the transformer's dropout on.
     """
+    CHOICES: ClassVar[dict[str, tuple]] = {"temporal": TEMPORAL_MODES}
     embed_dim: int = 256
     stem_width: int = 32
     widths: tuple[int, ...] = (32, 64, 128)
@@ -142,8 +144,7 @@ class CNN2D(nn.Module):
 
     @nn.compact
     def __call__(self, video: jax.Array, *, train: bool = False) -> Encoded:
-        if self.temporal not in TEMPORAL_MODES:
-            raise ValueError(f"unknown temporal mode {self.temporal!r}; choose one of {', '.join(TEMPORAL_MODES)}")
+        check_choices(self)
         if video.shape[1] > self.max_frames:
             raise ValueError(f"{video.shape[1]} frames exceed max_frames={self.max_frames}")
         batch, frames = video.shape[:2]

@@ -7,11 +7,13 @@ baseline for temporal understanding.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vlm_jax.models.layers import Dtype, Encoded, TokenGrid, constrain, dense, logical
+from vlm_jax.models.layers import Dtype, Encoded, TokenGrid, check_choices, constrain, dense, logical
 from vlm_jax.models.video.cnn2d import TRUNK_SIZES, FrameCNN
 
 CELLS = {"lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell}
@@ -36,6 +38,7 @@ class CNNRNN(nn.Module):
     bidirectional), through the same projection. `train` changes nothing here (no dropout, no
     batch statistics); it is taken for the common encoder interface.
     """
+    CHOICES: ClassVar[dict[str, tuple]] = {"cell": tuple(CELLS)}
     embed_dim: int = 256
     stem_width: int = 32
     widths: tuple[int, ...] = (32, 64, 128)
@@ -66,8 +69,7 @@ class CNNRNN(nn.Module):
 
     @nn.compact
     def __call__(self, video: jax.Array, *, train: bool = False) -> Encoded:
-        if self.cell not in CELLS:
-            raise ValueError(f"unknown recurrent cell {self.cell!r}; choose one of {', '.join(CELLS)}")
+        check_choices(self)
         batch, frames = video.shape[:2]
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         trunk = FrameCNN(self.stem_width, self.widths, self.depths, self.groups, self.grid, name="trunk", **kw)

@@ -6,11 +6,13 @@ nonlinearity, depth or attention. It is the research table's floor, not a model 
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vlm_jax.models.layers import Dtype, Encoded, TokenGrid, constrain, dense
+from vlm_jax.models.layers import Dtype, Encoded, TokenGrid, check_choices, constrain, dense
 
 TOKENS = ("frame", "clip")
 
@@ -29,6 +31,7 @@ class LinearVideo(nn.Module):
     linear, so averaging before or after it gives the same vector. Frames carry no position, so the
     encoder cannot tell the order of events: the baseline for what temporal modelling adds.
     """
+    CHOICES: ClassVar[dict[str, tuple]] = {"tokens": TOKENS}
     width: int = 64
     tokens: str = "frame"
     dtype: Dtype = jnp.float32
@@ -42,8 +45,7 @@ class LinearVideo(nn.Module):
     def __call__(self, video: jax.Array, *, train: bool = False) -> Encoded:
         """`train` is accepted for the shared video-tower signature; nothing here is stochastic."""
         del train
-        if self.tokens not in TOKENS:
-            raise ValueError(f"unknown tokens {self.tokens!r}; choose one of {', '.join(TOKENS)}")
+        check_choices(self)
         batch, frames = video.shape[:2]
         flat = video.reshape(batch, frames, -1)
         if self.tokens == "clip":

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from vlm_jax.models.layers import Encoded, TokenGrid
-from vlm_jax.models.video.vivit import ViViT, tubelet_grid
+from vlm_jax.models.video.vivit import POOLS, ViViT, tubelet_grid
 
 SIZES = {
     "tiny": dict(width=64, depth=2, num_heads=2, mlp_dim=256, patch=8),
@@ -25,6 +25,7 @@ class SingleFrame(nn.Module):
     frame's patch tokens [B, (H / patch) * (W / patch), width]; pooled is the CLS token or the mean.
     The patch kernel is stored as [1, patch, patch, 3, width], ready to inflate into a ViViT tubelet.
     """
+    CHOICES: ClassVar[dict[str, tuple]] = {"pool": POOLS}
     width: int = 64
     depth: int = 2
     num_heads: int = 2

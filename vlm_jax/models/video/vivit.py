@@ -20,7 +20,7 @@ drawn per example from the "masking" rng stream, and encodes only those. The kep
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -164,6 +164,7 @@ class ViViT(nn.Module):
     transformer/layer_i/{norm_attention, attention/{query, key, value, out}, norm_mlp, mlp/{fc1, fc2}}, norm
     (HF adds leading singleton axes to cls_token and position_embeddings; its tanh pooler has no counterpart).
     """
+    CHOICES: ClassVar[dict[str, tuple]] = {"variant": VARIANTS, "pool": POOLS}
     variant: str = "joint"
     width: int = 64
     depth: int = 2
@@ -277,9 +278,6 @@ class ViViT(nn.Module):
         return Encoded(tokens=layers.constrain(x[:, self._num_cls:]), pooled=self._pool(x))
 
     def _validate(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ValueError(f"unknown ViViT variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
-        if self.pool not in POOLS:
-            raise ValueError(f"unknown pool {self.pool!r}; choose one of {', '.join(POOLS)}")
+        layers.check_choices(self)
         if not 0 <= self.mask_ratio < 1:
             raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")

@@ -1,0 +1,52 @@
+"""`vlm bench`'s peer sections in quick mode: structure and agreement only. Timings are never asserted (the
+machine is shared); the heavier peers (ViViT, TimeSformer, I3D) run in `vlm bench` itself."""
+
+import math
+
+import pytest
+
+from vlm_jax.bench import peers
+
+SIDES = [f"{side}_{stat}" for side in ("ours", "theirs") for stat in ("median", "min", "max")]
+
+
+def _check_side_by_side(results: dict, name: str) -> None:
+    for key in [*SIDES, "speedup"]:
+        value = results[f"peers/{name}/{key}"]
+        assert math.isfinite(value) and value > 0, (key, value)
+    for side in ("ours", "theirs"):
+        assert results[f"peers/{name}/{side}_min"] <= results[f"peers/{name}/{side}_median"] \
+               <= results[f"peers/{name}/{side}_max"]
+    assert results[f"peers/{name}/speedup"] == pytest.approx(
+        results[f"peers/{name}/ours_median"] / results[f"peers/{name}/theirs_median"], rel=1e-12)
+
+
+def test_interleaving_alternates_sides_after_warm_up():
+    calls = []
+    results, warm = peers.interleaved("fake", lambda: calls.append("a") or "ours",
+                                      lambda: calls.append("b") or "theirs", items=4, rounds=3)
+    assert calls == ["a", "b"] * 4 and warm == ("ours", "theirs")
+    _check_side_by_side(results, "fake")
+
+
+def test_peers_refuse_unknown_names_and_skip_missing_packages(monkeypatch):
+    with pytest.raises(ValueError, match="unknown peers"):
+        peers.peers(quick=True, only=("resnet",))
+    monkeypatch.setitem(peers.REQUIRES, "search_top10", {"no_such_module_xyz": "no-such-package"})
+    assert peers.peers(quick=True, only=("search_top10",)) == {"peers/skipped": 1}
+
+
+def test_search_and_minilm_peers_agree_with_theirs():
+    only = ("search_top10", "minilm_encode")
+    missing = {name: peers.missing_packages(name) for name in only}
+    if any(missing.values()):
+        pytest.skip(f"peer packages not installed: {missing}")
+    results = peers.peers(quick=True, only=only)
+    assert results["peers/skipped"] == 0
+    for name in only:
+        _check_side_by_side(results, name)
+    assert results["peers/search_top10/identical_top10"] == 100
+    assert results["peers/minilm_encode/max_abs_diff"] < 1e-5
+    expected = {f"peers/{name}/{key}" for name in only for key in [*SIDES, "speedup"]}
+    expected |= {"peers/search_top10/identical_top10", "peers/minilm_encode/max_abs_diff", "peers/skipped"}
+    assert set(results) == expected
