@@ -96,10 +96,8 @@ def chosen_towers_only(overrides: Sequence[str], config: str = "configs/pretrain
         if key == f"model.{family}.name" and family in chosen:
             chosen[family] = value
 
-    def unchosen(override: str) -> bool:
-        parts = override.partition("=")[0].split(".")
-        return len(parts) > 3 and parts[0] == "model" and parts[1] in chosen and parts[2] != chosen[parts[1]]
-    return [o for o in overrides if not unchosen(o)]
+    from vlm_jax import config as config_lib
+    return [o for o in overrides if (option := config_lib.encoder_option(o)) is None or option[1] == chosen[option[0]]]
 
 
 def micro(*overrides: str, config: str = "configs/pretrain.py:tiny") -> list[str]:

@@ -93,16 +93,22 @@ def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, An
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str]) -> None:
     """Apply `key.path=value` overrides in order; one that sets an option of an encoder the config does not
     choose (`model.video.vivit.depth` with `model.video.name=cnn2d`) would be ignored, so it is an error."""
-    from vlm_jax.models import vlm
-
     keys = [apply_override(config, override) for override in overrides]
     for key in keys:
-        parts = key.split(".")
-        if len(parts) > 3 and parts[0] == "model" and parts[2] in vlm.FAMILIES.get(parts[1], {}):
-            chosen = config.model[parts[1]].name
-            if parts[2] != chosen:
-                raise UserError(f"config key {key} sets an option of {parts[2]}, but model.{parts[1]}.name is "
-                                f"{chosen!r}: it would be ignored")
+        family, encoder = encoder_option(key) or (None, None)
+        if family and encoder != config.model[family].name:
+            raise UserError(f"config key {key} sets an option of {encoder}, but model.{family}.name is "
+                            f"{config.model[family].name!r}: it would be ignored")
+
+
+def encoder_option(key: str) -> tuple[str, str] | None:
+    """(family, encoder) when `key` sets an option of one encoder (`model.video.vivit.depth`), else None."""
+    from vlm_jax.models import vlm
+
+    parts = key.removeprefix("--config.").partition("=")[0].split(".")
+    if len(parts) > 3 and parts[0] == "model" and parts[2] in vlm.FAMILIES.get(parts[1], {}):
+        return parts[1], parts[2]
+    return None
 
 
 def apply_override(config: ml_collections.ConfigDict, override: str) -> str:

@@ -25,7 +25,6 @@ from typing import Sequence
 from vlm_jax import config as config_lib
 from vlm_jax import schema
 from vlm_jax.errors import UserError
-from vlm_jax.models import vlm
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # the checkout's files: each stage runs `vlm train` on one
 
@@ -69,13 +68,8 @@ def for_chosen_encoders(preset: str, model: Sequence[str], extra: Sequence[str])
     """The extra overrides less the options of encoders the variant does not choose (`--config.model.video.
     vivit.depth=1` sizes the ViViT variants and leaves the others alone)."""
     config = config_lib.for_preset(preset, model)
-    kept = []
-    for override in extra:
-        parts = override.partition("=")[0].split(".")
-        family = parts[1] if len(parts) > 3 and parts[0] == "model" else None
-        if family not in vlm.FAMILIES or parts[2] == config.model[family].name:
-            kept.append(override)
-    return kept
+    return [override for override in extra if (option := config_lib.encoder_option(override)) is None
+            or option[1] == config.model[option[0]].name]
 
 
 def run_variant(name: str, preset: str, out: Path, steps: int | None, extra: Sequence[str], log) -> dict[str, str]:
