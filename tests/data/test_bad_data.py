@@ -12,7 +12,7 @@ import pytest
 
 from conftest import data_dir_of
 from vlm_jax import config as config_lib
-from vlm_jax.data import builders, pipeline, tokenizer
+from vlm_jax.data import builders, clip_transform, pipeline, tokenizer
 from vlm_jax.errors import TrainingFault, UserError
 from vlm_jax.run import loop
 
@@ -66,7 +66,7 @@ def spec_for(tiny_dataset, **changes) -> pipeline.Spec:
 
 
 def issue_counts(out: dict) -> dict[str, int]:
-    return {name: int(out[f"data/{name}"]) for name in pipeline.DATA_ISSUES if out[f"data/{name}"]}
+    return {name: int(out[f"data/{name}"]) for name in clip_transform.DATA_ISSUES if out[f"data/{name}"]}
 
 
 @pytest.mark.parametrize("kind, counted", [
@@ -77,11 +77,11 @@ def issue_counts(out: dict) -> dict[str, int]:
 ])
 def test_an_unusable_record_becomes_a_blank_clip_that_no_loss_sees(tiny_dataset, dataset, kind, counted):
     spec = spec_for(tiny_dataset)
-    transform = pipeline.transform(spec, dataset)
-    example = pipeline.TolerantSource(DamagedSource(dataset.as_data_source(split="train"), {0: kind}))[0]
+    transform = clip_transform.for_dataset(spec, dataset)
+    example = clip_transform.TolerantSource(DamagedSource(dataset.as_data_source(split="train"), {0: kind}))[0]
     for rng in (np.random.default_rng(0), None):
         out = transform(example, rng)
-        assert issue_counts(out) == counted and pipeline.skipped(out)
+        assert issue_counts(out) == counted and clip_transform.skipped(out)
         assert out["video"].shape == (8, 32, 32, 3) and not out["video"].any() and not out["audio"].any()
         assert not np.any(out["caption_valid"]) and not np.any(out["question_valid"])
     good = transform(dataset.as_data_source(split="train")[0], None)
@@ -90,7 +90,7 @@ def test_an_unusable_record_becomes_a_blank_clip_that_no_loss_sees(tiny_dataset,
 
 def test_empty_long_and_non_utf8_captions_are_dropped_truncated_or_replaced_and_counted(tiny_dataset, dataset):
     spec = spec_for(tiny_dataset)
-    transform = pipeline.transform(spec, dataset)
+    transform = clip_transform.for_dataset(spec, dataset)
     source = dataset.as_data_source(split="train")
     original = source[0]
 
@@ -124,14 +124,14 @@ def test_a_damaged_split_is_read_to_the_end_with_exact_counts(tiny_dataset, data
     batches = list(pipeline.eval_dataset(spec, "validation"))
     valid = np.concatenate([b["valid"] for b in batches]).astype(bool)
     index = np.concatenate([b["index"] for b in batches])
-    issues = {name: sum(b[f"data/{name}"].sum() for b in batches) for name in pipeline.DATA_ISSUES}
+    issues = {name: sum(b[f"data/{name}"].sum() for b in batches) for name in clip_transform.DATA_ISSUES}
     assert (issues["unreadable"], issues["wrong_shape"], issues["empty_captions"], issues["non_utf8_texts"]) == (
         1, 2, 2, 1)
     assert valid.sum() == 64 - 3 and sorted(index[~valid]) == [3, 5, 40]  # the blank clips; no padding at 64
 
     epoch = list(pipeline.train_dataset(spec, num_epochs=1))
     assert len(epoch) == 320 // 8
-    trained = {name: sum(b[f"data/{name}"].sum() for b in epoch) for name in pipeline.DATA_ISSUES}
+    trained = {name: sum(b[f"data/{name}"].sum() for b in epoch) for name in clip_transform.DATA_ISSUES}
     assert (trained["unreadable"], trained["wrong_shape"], trained["non_utf8_texts"]) == (1, 2, 1)
 
 
@@ -159,8 +159,8 @@ def test_training_on_damaged_data_counts_the_damage_in_metrics_and_results(tiny_
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     windows = [r for r in logged if "train/data/unreadable" in r and "train/steps" not in r]  # not the results
     assert [r["step"] for r in windows] == [3, 6]
-    totals = {name: sum(r[f"train/data/{name}"] for r in windows) for name in pipeline.DATA_ISSUES}
-    assert totals == {name: results[f"train/data/{name}"] for name in pipeline.DATA_ISSUES}
+    totals = {name: sum(r[f"train/data/{name}"] for r in windows) for name in clip_transform.DATA_ISSUES}
+    assert totals == {name: results[f"train/data/{name}"] for name in clip_transform.DATA_ISSUES}
     assert totals["unreadable"] + totals["wrong_shape"] + totals["empty_captions"] > 0  # 48 clips drawn of 320
     assert all(np.isfinite(r["train/loss"]) for r in windows) and results["train/steps"] == 6
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from vlm_jax.data import builders, pipeline, registry
+from vlm_jax.data import builders, clip_transform, registry
 from vlm_jax.errors import UserError
 
 
@@ -12,5 +12,5 @@ def test_unknown_name_lists_the_data_sets():
 
 
 def test_a_fixed_answer_vocabulary_is_the_one_the_build_declares(tiny_dataset):
-    declared = pipeline.Vocabulary.of(builders.open_dataset(tiny_dataset)).answers
+    declared = clip_transform.Vocabulary.of(builders.open_dataset(tiny_dataset)).answers
     assert registry.lookup("moving_shapes").num_answers == len(declared)

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vlm_jax.data import builders, features, pipeline, tokenizer, video_folder, video_io
+from vlm_jax.data import builders, clip_transform, features, pipeline, tokenizer, video_folder, video_io
 from vlm_jax.errors import UserError
 from vlm_jax.models import decoding
 from vlm_jax.run.build import Run, load_run
@@ -198,19 +198,19 @@ def dataset_clips(run: Run, split: str, limit: int = 0, start: int = 0) -> ClipS
     """The clips of a split of the run's data set from position `start` up to `limit` (0: the end),
     prepared as for evaluation; metadata holds the captions and scene attributes."""
     dataset, split_source = pipeline.open_split(run.spec, split)
-    records, transform = pipeline.TolerantSource(split_source), pipeline.transform(run.spec, dataset)
+    records, transform = clip_transform.TolerantSource(split_source), clip_transform.for_dataset(run.spec, dataset)
     stop = len(records) if limit <= 0 else min(limit, len(records))
 
     def read(skipped: list[tuple[str, str]]) -> Iterator[Clip]:
         for position in range(start, stop):
             example = records[position]
             arrays = transform(example, None)
-            if pipeline.skipped(arrays):
+            if clip_transform.skipped(arrays):
                 skipped.append((f"{split}:{position}", "an unreadable or malformed record"))
                 continue
             metadata = {"source": "dataset", "split": split, "position": position,
                         "captions": features.texts(example["captions"])}
-            metadata.update(pipeline.attributes_of(example))
+            metadata.update(clip_transform.attributes_of(example))
             yield Clip(features.text(example["id"]), arrays["video"], arrays["audio"], metadata)
     return ClipSource(max(0, stop - start), read)
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from vlm_jax.bench.presets import load_config
-from vlm_jax.data import builders, pipeline, video_io
+from vlm_jax.data import builders, features, pipeline, video_io
 
 INPUT_PRESET = {True: "tiny", False: "small"}  # quick -> the preset the train section runs
 MP4_FILES = 16
@@ -23,7 +23,7 @@ def input_pipeline(quick: bool, data_dir: str) -> dict[str, float]:
     """`input/<preset>/clips_per_s_workers<n>` for 0 and 2 grain workers, and `input/mp4/clips_per_s`."""
     preset = INPUT_PRESET[quick]
     config = load_config(preset, data_dir)
-    builders.build(pipeline.build_request(config))
+    builders.build(features.BuildRequest.from_config(config))
     results = {}
     for workers in (0, 2):
         spec = dataclasses.replace(pipeline.Spec.from_config(config), num_workers=workers)

@@ -20,7 +20,7 @@ import numpy as np
 
 from vlm_jax.bench.common import MB, REPO, compiled_total_bytes, progress, subprocess_env
 from vlm_jax.bench.presets import load_config
-from vlm_jax.data import builders, pipeline
+from vlm_jax.data import builders, features, pipeline
 from vlm_jax.run import build
 
 MEMORY_PRESETS = {True: ("tiny",), False: ("tiny", "small")}
@@ -38,7 +38,7 @@ def memory(quick: bool, data_dir: str, compiled: bool | None = None, presets: Se
     shrink it."""
     results = {}
     for preset in (MEMORY_PRESETS[quick] if presets is None else presets):
-        builders.build(pipeline.build_request(load_config(preset, data_dir, overrides)))  # a no-op when built
+        builders.build(features.BuildRequest.from_config(load_config(preset, data_dir, overrides)))  # a no-op when built
         if compiled is None:
             by_default = not quick and preset in MEMORY_COMPILED_PRESETS
             compiled_fsdp = [k for k in fsdp if k in MEMORY_COMPILED_FSDP] if by_default else []

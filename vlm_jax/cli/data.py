@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -26,25 +27,26 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _dataset_args(parser: argparse.ArgumentParser) -> None:
-    """The flags that name a data set; build and show take the same, so show finds what build wrote."""
-    parser.add_argument("name", help="moving_shapes or video_folder")
+    """The flags that name a data set; build and show take the same, so show finds what build wrote.
+    Each data set's own flags come from its registry entry, with `BuildRequest`'s defaults."""
+    from vlm_jax.data import features, registry
+    defaults = {field.name: field.default for field in dataclasses.fields(features.BuildRequest)}
+    parser.add_argument("name", help=registry.CHOICES)
     parser.add_argument("--data_dir", required=True, help="where prepared data sets live")
-    parser.add_argument("--size", default="tiny", help="moving_shapes size: tiny, small or default")
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="generation seed (moving_shapes), split seed (video_folder)")
-    parser.add_argument("--num_frames", type=int, default=16, help="frames stored per clip")
-    parser.add_argument("--image_size", type=int, default=64, help="stored resolution, 8 to 224")
-    parser.add_argument("--shape_scale", type=float, default=1.0,
-                        help="moving_shapes: draw every shape this many times larger (0.25 to 2; for low resolutions)")
-    parser.add_argument("--max_objects", type=int, default=3, help="moving_shapes: at most this many objects per clip")
-    parser.add_argument("--source", help="video_folder: the folder of video files")
-    parser.add_argument("--captions", help="video_folder: captions file (JSON or CSV); default SOURCE/captions.*")
+    parser.add_argument("--seed", type=non_negative_int, default=defaults["seed"],
+                        help="generation seed (moving_shapes), split seed (video_folder)")
+    parser.add_argument("--num_frames", type=int, default=defaults["num_frames"], help="frames stored per clip")
+    parser.add_argument("--image_size", type=int, default=defaults["image_size"], help="stored resolution, 8 to 224")
+    for name, data_set in registry.DATASETS.items():
+        for flag in data_set.flags:
+            parser.add_argument(f"--{flag.field}", type=flag.type, default=defaults[flag.field],
+                                help=f"{name}: {flag.help}")
 
 
 def _request(args):
     from vlm_jax.data import features
-    return features.BuildRequest(name=args.name, data_dir=args.data_dir, size=args.size, seed=args.seed,
-                                 num_frames=args.num_frames, image_size=args.image_size, source=args.source,
-                                 captions=args.captions, shape_scale=args.shape_scale, max_objects=args.max_objects)
+    return features.BuildRequest(**{field.name: getattr(args, field.name)
+                                    for field in dataclasses.fields(features.BuildRequest)})
 
 
 def _data_build(args) -> None:

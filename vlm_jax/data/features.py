@@ -31,6 +31,14 @@ class BuildRequest:
     shape_scale: float = 1.0  # moving_shapes only
     max_objects: int = MAX_OBJECTS  # moving_shapes only
 
+    @classmethod
+    def from_config(cls, config) -> "BuildRequest":
+        """The build a config's `data` block names (`data.build_*` are the stored sizes)."""
+        data = config.data
+        return cls(name=data.name, data_dir=data.data_dir, size=data.size, seed=data.build_seed,
+                   num_frames=data.build_frames, image_size=data.build_image_size, source=data.source,
+                   captions=data.captions_file, shape_scale=data.shape_scale, max_objects=data.max_objects)
+
 
 def raw_tensor(shape, dtype) -> tfds.features.Tensor:
     """A fixed-shape array stored as its raw bytes (the default int64 lists are 8x larger and slow)."""

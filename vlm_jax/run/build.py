@@ -22,7 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vlm_jax import config as config_lib
 from vlm_jax import parallel, pretrained
-from vlm_jax.data import builders, pipeline
+from vlm_jax.data import builders, clip_transform, features, pipeline
 from vlm_jax.errors import UserError
 from vlm_jax.train import checkpoint as checkpoint_lib
 from vlm_jax.train import optim, state as state_lib, steps
@@ -57,7 +57,7 @@ class Run:
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         self.spec = pipeline.Spec.from_config(config)
         dataset = builders.open_dataset(self.spec.dataset_path)
-        self.vocabulary = pipeline.Vocabulary.of(dataset)
+        self.vocabulary = clip_transform.Vocabulary.of(dataset)
         self.audio_samples = int(dataset.info.features["audio"].shape[0])
         self.model = state_lib.make_model(config, len(self.vocabulary.answers))
         optim_config = config.optim.copy_and_resolve_references()
@@ -106,7 +106,7 @@ class Run:
 
 def ensure_data(config: Any) -> None:
     """Build the configured data set if missing: process 0 builds, the others wait."""
-    request = pipeline.build_request(config)
+    request = features.BuildRequest.from_config(config)
     if jax.process_index() == 0 and not builders.dataset_dir(request).is_dir():
         log.info("building %s (%s) into %s", request.name, request.size, request.data_dir)
         builders.build(request)

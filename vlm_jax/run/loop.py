@@ -43,7 +43,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from vlm_jax import config as config_lib
-from vlm_jax.data import pipeline
+from vlm_jax.data import clip_transform, pipeline
 from vlm_jax.errors import TrainingFault, UserError
 from vlm_jax.run.build import TOWER_MODULES, Run, ensure_data, load_pretrained, load_tower, make_mesh
 from vlm_jax.train import checkpoint as checkpoint_lib
@@ -257,7 +257,7 @@ def _loop(run: Run, state: TrainState, train_iter, checkpointer, writer, evaluat
     if info:
         writer.write(step, info)
     last_saved, nonfinite_steps = checkpointer.latest_step(), 0
-    data_issues = dict.fromkeys(pipeline.DATA_ISSUES, 0.0)  # since this (re)start
+    data_issues = dict.fromkeys(clip_transform.DATA_ISSUES, 0.0)  # since this (re)start
     history: list[dict[str, Any]] = []
     timed_steps, timed_seconds = 0, 0.0
     progress = _progress(step, num_steps)
