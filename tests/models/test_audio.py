@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from checks import assert_all_leaves_named, assert_gradients_finite_and_nonzero
+from model_checks import assert_all_leaves_named, assert_gradients_finite_and_nonzero
 from vlm_jax.models import audio
 
 RATE, N_FFT, HOP, N_MELS = 16000, 400, 160, 64

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from checks import assert_all_leaves_named, assert_gradients_finite_and_nonzero
+from model_checks import assert_all_leaves_named, assert_gradients_finite_and_nonzero
 from vlm_jax.models.fusion import FUSIONS, Fused, concat_tokens
 from vlm_jax.models.layers import Encoded
 

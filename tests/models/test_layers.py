@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from checks import assert_all_leaves_named, assert_gradients_finite_and_nonzero
+from model_checks import assert_all_leaves_named, assert_gradients_finite_and_nonzero
 from vlm_jax.models import layers
 
 X = jax.random.normal(jax.random.key(0), (2, 10, 32))

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from checks import (assert_all_leaves_named, assert_encoder_gradients_reach_every_parameter,
+from model_checks import (assert_all_leaves_named, assert_encoder_gradients_reach_every_parameter,
                     assert_vmap_over_clip_groups)
 from vlm_jax.models.video.cnn_rnn import CNNRNN, SIZES
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from checks import assert_all_leaves_named, assert_gradients_finite_and_nonzero
+from model_checks import assert_all_leaves_named, assert_gradients_finite_and_nonzero
 from vlm_jax.models.video import single_frame, vivit
 from vlm_jax.models.video.single_frame import SingleFrame
 from vlm_jax.models.video.vivit import ViViT

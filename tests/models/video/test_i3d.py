@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from checks import assert_all_leaves_named, assert_gradients_finite_and_nonzero
+from model_checks import assert_all_leaves_named, assert_gradients_finite_and_nonzero
 from vlm_jax.models.video.i3d import I3D, SIZES, conv3d_as_2d
 
 VIDEO = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 8, 32, 32, 3)), jnp.float32)

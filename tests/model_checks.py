@@ -1,5 +1,5 @@
 """Assertions shared by the model tests: logical axis names on every variable, gradients reaching every
-parameter. Test files import it as `from checks import ...` (pytest puts a test file's folder on sys.path)."""
+parameter. Test files import it as `from model_checks import ...` (the tests folder is on sys.path, as for conftest)."""
 
 import flax.linen as nn
 import jax

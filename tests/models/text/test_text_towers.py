@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from checks import assert_all_leaves_named, assert_gradients_finite_and_nonzero
+from model_checks import assert_all_leaves_named, assert_gradients_finite_and_nonzero
 from vlm_jax.data import tokenizer
 from vlm_jax.models.text import bert, bow
 
