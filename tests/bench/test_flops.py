@@ -1,4 +1,4 @@
-"""`flops.count_flops` against closed-form FLOP counts; no timing is asserted."""
+"""`flops.count_flops` against closed-form FLOP counts, and `flops.count_equations`; no timing is asserted."""
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +24,14 @@ def test_scan_bodies_count_once_per_iteration_inside_jit():
         return jnp.tanh(carry @ jnp.ones((4, 4))), None
     run = jax.jit(lambda x: jax.lax.scan(body, x, None, length=9)[0])
     assert _flops(run, jnp.ones((3, 4))) == 9 * 2 * 3 * 4 * 4
+
+
+def test_equations_count_sub_jaxprs_in_place_of_their_holder():
+    inner = jax.jit(lambda x: jnp.sin(x) * 2.0)  # sin, mul
+    body = lambda carry, _: (jnp.tanh(carry) + 1.0, None)  # tanh, add: once, not per iteration
+    program = jax.make_jaxpr(lambda x: jax.lax.scan(body, inner(x), None, length=9)[0] - 1.0)(jnp.ones(3))
+    assert [e.primitive.name for e in program.jaxpr.eqns] == ["jit", "scan", "sub"]
+    assert flops.count_equations(program) == 2 + 2 + 1
 
 
 def test_convolution_counts_every_output_times_its_window():

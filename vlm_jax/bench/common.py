@@ -14,7 +14,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-SECTIONS = ("peak", "input", "train", "mfu", "scaling", "memory", "peers")
+SECTIONS = ("peak", "input", "compile", "train", "mfu", "scaling", "memory", "peers")
 MB = 2**20
 COMPILE_THREADS = 2  # one per core: XLA's CPU compiles mostly keep one core busy each
 REPO = Path(__file__).resolve().parents[2]

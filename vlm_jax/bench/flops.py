@@ -30,14 +30,31 @@ def count_flops(jaxpr: Any) -> float:
             spec = eqn.params["dimension_numbers"].rhs_spec  # (out features, in features, *spatial)
             per_output = rhs[spec[1]] * math.prod(rhs[d] for d in spec[2:])
             total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * per_output
-        subs = [v for v in eqn.params.values() if isinstance(v, (jex.core.ClosedJaxpr, jex.core.Jaxpr))]
-        branches = [v for value in eqn.params.values() if isinstance(value, tuple)
-                    for v in value if isinstance(v, (jex.core.ClosedJaxpr, jex.core.Jaxpr))]
+        subs, branches = _sub_jaxprs(eqn)
         inner = sum(count_flops(sub) for sub in subs)
         if branches:
             inner += max(count_flops(branch) for branch in branches)
         total += inner * (eqn.params["length"] if name == "scan" else 1)
     return total
+
+
+def count_equations(jaxpr: Any) -> int:
+    """Equations of a (closed) jaxpr, those of its sub-jaxprs (jit, scan and cond bodies) counted once each in
+    place of the equation that holds them: the size of the program XLA is given to compile."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    total = 0
+    for eqn in jaxpr.eqns:
+        subs, branches = _sub_jaxprs(eqn)
+        total += sum(count_equations(sub) for sub in subs + branches) if subs or branches else 1
+    return total
+
+
+def _sub_jaxprs(eqn: Any) -> tuple[list[Any], list[Any]]:
+    """(the jaxprs an equation holds directly, those it holds as a tuple of branches)."""
+    kinds = (jex.core.ClosedJaxpr, jex.core.Jaxpr)
+    subs = [v for v in eqn.params.values() if isinstance(v, kinds)]
+    branches = [v for value in eqn.params.values() if isinstance(value, tuple) for v in value if isinstance(v, kinds)]
+    return subs, branches
 
 
 def datasheet_tflops(device_kind: str) -> float | None:

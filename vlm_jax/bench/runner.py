@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from vlm_jax.bench import input_pipeline, memory, mfu, peak, peers, scaling, train
+from vlm_jax.bench import compile_time, input_pipeline, memory, mfu, peak, peers, scaling, train
 from vlm_jax.bench.common import SECTIONS, progress
 
 
@@ -28,6 +28,7 @@ def run(quick: bool, out_dir: str, data_dir: str | None = None, sections: Sequen
     peaks = lambda: {k: v for k, v in results.items() if k.startswith("peak/")}
     runners = {"peak": lambda: peak.matmul_peak(quick),
                "input": lambda: input_pipeline.input_pipeline(quick, data_dir),
+               "compile": lambda: compile_time.compile_times(quick, data_dir),
                "train": lambda: train.train(quick, data_dir, peaks()), "mfu": lambda: mfu.mfu(quick, peaks()),
                "scaling": lambda: scaling.scaling(quick), "memory": lambda: memory.memory(quick, data_dir),
                "peers": lambda: peers.peers(quick)}

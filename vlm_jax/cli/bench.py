@@ -16,7 +16,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--quick", action="store_true", help="seconds, for CI")
     bench.add_argument("--out", default="bench", help="where results.json and results.md go")
     bench.add_argument("--data_dir", help="prepared data sets (default $VLM_DATA_DIR or ./data)")
-    bench.add_argument("--sections", default="peak,input,train,mfu,scaling,memory,peers",
+    bench.add_argument("--sections", default="peak,input,compile,train,mfu,scaling,memory,peers",
                        help="comma-separated sections to run, in their fixed order (default: all)")
     bench.set_defaults(func=_bench)
 
