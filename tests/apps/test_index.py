@@ -1,4 +1,4 @@
-"""The on-disk index (round trip, validation, crash safety) and blocked top-k against numpy."""
+"""The on-disk index (round trip, validation, crash safety) and top-k against numpy, by both engines."""
 
 import json
 import os
@@ -118,51 +118,63 @@ def test_crash_during_add_leaves_the_old_index(tmp_path, monkeypatch, failing_ca
     assert Index.open(path).ids == ["a", "b", "c"] and Index.open(path).metadata(2) == {"n": 2}
 
 
-def test_top_k_matches_numpy_single_and_multi_block():
+@pytest.mark.parametrize("engine", index_lib.ENGINES)
+def test_top_k_matches_numpy_single_and_multi_block(engine):
     rng = np.random.default_rng(1)
     keys, queries = _unit_rows(rng, 1000, 16), rng.normal(size=(7, 16))
-    _check_top_k(queries, keys, 10)
-    _check_top_k(queries, keys, 10, block_size=128)  # 8 blocks, the last one padded
-    _check_top_k(queries, keys, 300, block_size=128)  # k larger than a block
-    scores, indices = top_k(queries, keys[:20], 50, block_size=8)  # k > N clamps to N
+    _check_top_k(queries, keys, 10, engine=engine)
+    _check_top_k(queries, keys, 10, block_size=128, engine=engine)  # jax: 8 blocks, the last one padded
+    _check_top_k(queries, keys, 300, block_size=128, engine=engine)  # jax: k larger than a block
+    scores, indices = top_k(queries, keys[:20], 50, block_size=8, engine=engine)  # k > N clamps to N
     assert scores.shape == (7, 20) and sorted(indices[0]) == list(range(20))
 
 
-def test_top_k_ties_go_to_the_lower_index_and_zero_queries_fail():
-    keys = np.array([[1.0, 0], [0, 1], [1, 0], [1, 0], [0.6, 0.8]], np.float32)
-    scores, indices = top_k(np.array([[2.0, 0]]), keys, 4, block_size=2)
-    assert indices.tolist() == [[0, 2, 3, 4]]
-    np.testing.assert_allclose(scores, [[1, 1, 1, 0.6]], atol=1e-6)
+@pytest.mark.parametrize("engine", index_lib.ENGINES)
+def test_top_k_ties_go_to_the_lower_index_and_zero_queries_fail(engine):
+    keys = np.array([[1.0, 0], [0, 1], [1, 0], [1, 0], [0.6, 0.8], [1, 0]], np.float32)
+    scores, indices = top_k(np.array([[2.0, 0]]), keys, 3, block_size=2, engine=engine)
+    assert indices.tolist() == [[0, 2, 3]]  # 5 scores 1 too, and loses the tie
+    np.testing.assert_allclose(scores, [[1, 1, 1]], atol=1e-6)
+    scores, indices = top_k(np.array([[2.0, 0]]), keys, 5, block_size=2, engine=engine)
+    assert indices.tolist() == [[0, 2, 3, 5, 4]]
     with pytest.raises(UserError, match="zero"):
-        top_k(np.zeros((1, 2)), keys, 1)
+        top_k(np.zeros((1, 2)), keys, 1, engine=engine)
+    with pytest.raises(UserError, match="unknown search engine 'annoy'; choose faiss or jax"):
+        top_k(np.ones((1, 2)), keys, 1, engine="annoy")
 
 
-def test_top_k_over_a_million_keys():  # about 2 s on one CPU core
+def test_faiss_where_jax_runs_on_the_cpu():
+    assert index_lib.default_engine() == "faiss"  # the test install has faiss (the bench extra)
+
+
+@pytest.mark.parametrize("engine", index_lib.ENGINES)
+def test_top_k_over_a_million_keys(engine):  # about 2 s on one CPU core
     rng = np.random.default_rng(3)
     keys = np.concatenate([_unit_rows(rng, 250_000, 32) for _ in range(4)])
-    _check_top_k(rng.normal(size=(8, 32)), keys, 10, block_size=131072)
+    _check_top_k(rng.normal(size=(8, 32)), keys, 10, block_size=131072, engine=engine)
 
 
 def test_approximate_top_k_recall():
     rng = np.random.default_rng(4)
     keys, queries = _unit_rows(rng, 20_000, 32), rng.normal(size=(16, 32))
     _, approx = top_k(queries, keys, 20, block_size=8192, approximate=True)
-    _, exact = top_k(queries, keys, 20, block_size=8192)
+    _, exact = top_k(queries, keys, 20, block_size=8192, engine="jax")
     recall = np.mean([len(set(a) & set(e)) / 20 for a, e in zip(approx.tolist(), exact.tolist())])
     assert recall >= 0.9
 
 
-def test_top_k_exclude():
+@pytest.mark.parametrize("engine", index_lib.ENGINES)
+def test_top_k_exclude(engine):
     rng = np.random.default_rng(5)
     keys, queries = _unit_rows(rng, 500, 8), rng.normal(size=(3, 8))
-    _, full = top_k(queries, keys, 20)
+    _, full = top_k(queries, keys, 20, engine=engine)
     excluded = [set(full[0, :5].tolist()), set(), {int(full[2, 0]), 499}]
-    scores, indices = top_k(queries, keys, 10, block_size=64, exclude=excluded)
+    scores, indices = top_k(queries, keys, 10, block_size=64, exclude=excluded, engine=engine)
     assert indices[0].tolist() == full[0, 5:15].tolist()
     assert indices[1].tolist() == full[1, :10].tolist()
     assert indices[2].tolist() == [i for i in full[2].tolist() if i not in excluded[2]][:10]
     assert np.all(np.diff(scores, axis=1) <= 0)
     # When k plus the exclusions exceed N, rows are padded with -1 / -inf.
-    scores, indices = top_k(queries[:1], keys[:4], 4, exclude=[{0, 1}])
+    scores, indices = top_k(queries[:1], keys[:4], 4, exclude=[{0, 1}], engine=engine)
     assert sorted(indices[0, :2].tolist()) == [2, 3] and indices[0, 2:].tolist() == [-1, -1]
     assert np.all(np.isneginf(scores[0, 2:]))

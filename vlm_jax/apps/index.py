@@ -1,5 +1,9 @@
 """An on-disk embedding index and exact (or approximate) top-k search over it.
 
+Two engines search: faiss (`faiss.knn`, BLAS scoring and a heap per query) where JAX runs on the CPU and
+faiss is installed, and blocks of XLA matmuls with `lax.top_k` otherwise (accelerators). On this
+project's 2-core CPU faiss was the faster exact engine (docs/bench.md, `peers/search_top10`).
+
 Layout of an index directory:
   embeddings.npy   float32 [rows, D], unit-norm rows
   ids.json         list of unique string ids, one per row
@@ -15,6 +19,7 @@ Only one process may write an index at a time.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -227,10 +232,26 @@ def _merge_block(best_scores, best_indices, queries, block, offset, valid, *, k:
 
 
 _merge_block_jit = jax.jit(_merge_block, static_argnames=("k", "approximate"))
+ENGINES = ("faiss", "jax")
+
+
+def default_engine() -> str:
+    """faiss where JAX runs on the CPU and faiss is installed; jax otherwise."""
+    return "faiss" if jax.default_backend() == "cpu" and importlib.util.find_spec("faiss") else "jax"
+
+
+def _faiss_top_k(queries: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k by faiss, with equal scores ordered lower index first as the jax engine
+    orders them (faiss keeps the earlier of equal keys but returns equal scores in no set order)."""
+    import faiss
+    scores, indices = faiss.knn(np.ascontiguousarray(queries, np.float32), np.ascontiguousarray(keys, np.float32),
+                                k, metric=faiss.METRIC_INNER_PRODUCT)
+    order = np.lexsort((indices, -scores), axis=-1)
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(indices, order, axis=1)
 
 
 def top_k(queries: np.ndarray, keys: np.ndarray, k: int, block_size: int = 8192, approximate: bool = False,
-          exclude: list[set[int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+          exclude: list[set[int]] | None = None, engine: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The k keys with the highest dot product with each query: (scores [Q, k], indices [Q, k]), best first.
 
     Queries are normalised here (a zero query is an error); keys are used as given (an index's rows are
@@ -239,6 +260,8 @@ def top_k(queries: np.ndarray, keys: np.ndarray, k: int, block_size: int = 8192,
     1000-query score block (32 MB) near the cache (docs/bench.md has the measurement). Equal scores rank
     the lower index first (exact mode). k above N is clamped to N. `approximate` takes each block's
     top-k with `approx_max_k` (recall target 0.95, exact on CPU) instead of an exact top_k.
+    `engine`: "faiss" or "jax" (default: `default_engine()`); `block_size` and `approximate` are the jax
+    engine's, so an approximate search runs there.
 
     `exclude[q]` is a set of key positions query q must not return. A [Q, N] mask would not fit for
     millions of keys, so k + max(len(exclude[q])) keys are retrieved and the excluded ones filtered out;
@@ -252,12 +275,34 @@ def top_k(queries: np.ndarray, keys: np.ndarray, k: int, block_size: int = 8192,
         raise UserError(f"top_k needs k >= 1 and block_size >= 1, got k={k}, block_size={block_size}")
     if exclude is not None and len(exclude) != len(queries):
         raise UserError(f"exclude has {len(exclude)} sets for {len(queries)} queries")
-    queries = jnp.asarray(_normalise(queries, "query"))
+    engine = engine or default_engine()
+    if engine not in ENGINES:
+        raise UserError(f"unknown search engine {engine!r}; choose {' or '.join(ENGINES)}")
+    queries = _normalise(queries, "query")
     n = len(keys)
     k = min(k, n)
     if n == 0:
         return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
     wanted = min(n, k + max((len(e) for e in exclude), default=0)) if exclude else k
+    if engine == "faiss" and not approximate:
+        scores, indices = _faiss_top_k(queries, keys, wanted)
+    else:
+        scores, indices = _jax_top_k(jnp.asarray(queries), keys, wanted, block_size, approximate)
+    if not exclude:
+        return scores, indices
+    out_scores = np.full((len(queries), k), -np.inf, np.float32)
+    out_indices = np.full((len(queries), k), -1, np.int64)
+    for q, excluded in enumerate(exclude):
+        keep = np.array([i not in excluded for i in indices[q].tolist()], bool)
+        kept = min(k, int(keep.sum()))
+        out_scores[q, :kept] = scores[q][keep][:k]
+        out_indices[q, :kept] = indices[q][keep][:k]
+    return out_scores, out_indices
+
+
+def _jax_top_k(queries: jax.Array, keys: np.ndarray, wanted: int, block_size: int, approximate: bool
+               ) -> tuple[np.ndarray, np.ndarray]:
+    n = len(keys)
     best_scores = jnp.full((len(queries), wanted), -jnp.inf, jnp.float32)
     best_indices = jnp.full((len(queries), wanted), -1, jnp.int32)
     size = min(block_size, n)
@@ -269,14 +314,4 @@ def top_k(queries: np.ndarray, keys: np.ndarray, k: int, block_size: int = 8192,
         best_scores, best_indices = _merge_block_jit(best_scores, best_indices, queries, jnp.asarray(block),
                                                      np.int32(start), np.int32(valid), k=wanted,
                                                      approximate=approximate)
-    scores, indices = np.asarray(best_scores), np.asarray(best_indices).astype(np.int64)
-    if not exclude:
-        return scores, indices
-    out_scores = np.full((len(queries), k), -np.inf, np.float32)
-    out_indices = np.full((len(queries), k), -1, np.int64)
-    for q, excluded in enumerate(exclude):
-        keep = np.array([i not in excluded for i in indices[q].tolist()], bool)
-        kept = min(k, int(keep.sum()))
-        out_scores[q, :kept] = scores[q][keep][:k]
-        out_indices[q, :kept] = indices[q][keep][:k]
-    return out_scores, out_indices
+    return np.asarray(best_scores), np.asarray(best_indices).astype(np.int64)
