@@ -66,11 +66,17 @@ MICRO = ("data.num_frames=4", "data.image_size=32", "data.max_text_len=16", "tra
 
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory):
-    """One persistent XLA cache for every `vlm` run of the session (of each xdist worker), never the user's
-    own: a later run of a program skips its compile, as a user's resumed or repeated run does, and the
-    micro model's programs, which many test files train, compile once per worker."""
+    """One persistent XLA cache for every `vlm` run of the session, shared by its xdist workers and never the
+    user's own: a program one worker compiled is read by the other, and a later run of a program skips its
+    compile, as a user's resumed or repeated run does (the micro model's programs, which many test files
+    train, compile once per session)."""
+    session_dir = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker's base is a folder of the session's
+        session_dir = session_dir.parent
+    cache = session_dir / "xla_cache"
+    cache.mkdir(exist_ok=True)
     previous = os.environ.get("VLM_COMPILATION_CACHE")
-    os.environ["VLM_COMPILATION_CACHE"] = str(tmp_path_factory.mktemp("xla_cache"))
+    os.environ["VLM_COMPILATION_CACHE"] = str(cache)
     yield
     if previous is None:
         os.environ.pop("VLM_COMPILATION_CACHE")
