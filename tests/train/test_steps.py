@@ -121,3 +121,44 @@ def test_i3d_batch_statistics_update_in_training(tiny_dataset):
     changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after))]
     assert any(changed) and np.isfinite(float(metrics["loss"]))
 
+
+
+def _pretrain_loss_pass_by_pass(vlm, batch, rng, settings, train):
+    """The reference: the pretraining losses with one text-tower pass per kind of text and one fusion pass per
+    loss (as `pretrain_loss` was before it batched them), contrastive, vtm and mlm only."""
+    from vlm_jax.train import losses
+    k_mine, k_mlm, _ = jax.random.split(rng, 3)
+    valid = batch["caption_valid"].astype(bool)
+    video, audio = vlm.encode_video(batch["video"], batch["audio"], train=train)
+    text = vlm.encode_text(batch["caption"], batch["caption_mask"], train=train)
+    video_emb, text_emb, scale = vlm.embed(video, text, audio)
+    contrastive, _ = losses.contrastive_loss(video_emb, text_emb, scale, valid)
+    hard_text, hard_video = losses.mine_hard_negatives(scale * video_emb @ text_emb.T, k_mine, valid)
+    negative = vlm.encode_text(batch["negative"], batch["negative_mask"], train=train)
+    logits = [vlm.match(vlm.fuse(v, a, t, train=train)) for v, a, t in (
+        (video, audio, text), (video, audio, steps._take(text, hard_text)),
+        (steps._take(video, hard_video), steps._take(audio, hard_video), text), (video, audio, negative))]
+    neg_valid = jnp.stack([valid & valid[hard_text], valid & valid[hard_video],
+                           valid & batch["has_negative"].astype(bool)])
+    vtm, _ = losses.matching_loss(logits[0], jnp.concatenate(logits[1:]), valid, neg_valid.reshape(-1))
+    masked_ids, targets = losses.mask_tokens(batch["caption"], batch["caption_mask"], k_mlm, settings.mlm_ratio)
+    targets = jnp.where(valid[:, None], targets, -1)
+    fused = vlm.fuse(video, audio, vlm.encode_text(masked_ids, batch["caption_mask"], train=train), train=train)
+    limit = max(1, round(settings.mlm_ratio * targets.shape[1]))
+    positions = jnp.argsort(targets < 0, axis=1, stable=True)[:, :limit]
+    mlm_logits = vlm.mlm(fused._replace(tokens=jnp.take_along_axis(fused.tokens, positions[..., None], axis=1)))
+    mlm, _ = losses.mlm_loss(mlm_logits, jnp.take_along_axis(targets, positions, axis=1))
+    return {"contrastive_loss": contrastive, "vtm_loss": vtm, "mlm_loss": mlm}
+
+
+def test_one_pass_per_tower_gives_the_pass_by_pass_losses(tiny_dataset):
+    """`pretrain_loss` encodes captions, negatives and masked captions in one text-tower pass and fuses vtm's and
+    mlm's pairs in one fusion pass (a smaller program to compile); its losses are those of separate passes."""
+    run = build.Run(make_config(tiny_dataset, "pretrain"))
+    batch, variables = first_batch(run), run.factory.create().variables()
+    rng = jax.random.key(3)
+    with run.mesh_context():
+        _, metrics = run.model.apply(variables, batch, rng, run.settings, False, method=steps.pretrain_loss)
+        reference = run.model.apply(variables, batch, rng, run.settings, False, method=_pretrain_loss_pass_by_pass)
+    for name, value in reference.items():
+        np.testing.assert_allclose(metrics[name], value, rtol=1e-5, err_msg=name)

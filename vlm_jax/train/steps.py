@@ -83,6 +83,11 @@ def _concat(*parts: Encoded) -> Encoded:
     return Encoded(jnp.concatenate([p.tokens for p in parts]), jnp.concatenate([p.pooled for p in parts]), mask)
 
 
+def _blocks(rows: Any, size: int, start: int, stop: int) -> Any:
+    """Row blocks start..stop-1 (of `size` rows each) of every field of an Encoded or Fused."""
+    return type(rows)(*(None if x is None else x[start * size:stop * size] for x in rows))
+
+
 def _audio(batch: Batch) -> jax.Array | None:
     return batch.get("audio")
 
@@ -105,8 +110,20 @@ def _weighted(settings: Settings, terms: dict[str, jax.Array], metrics: Metrics)
 def pretrain_loss(vlm: VLM, batch: Batch, rng: jax.Array, settings: Settings, train: bool) -> tuple[jax.Array, Metrics]:
     k_mine, k_mlm, k_mvm = jax.random.split(rng, 3)
     valid = batch["caption_valid"].astype(bool)
+    vtm, mlm = bool(settings.weight("vtm")), bool(settings.weight("mlm"))
     video, audio = vlm.encode_video(batch["video"], _audio(batch), train=train)
-    text = vlm.encode_text(batch["caption"], batch["caption_mask"], train=train)
+    # one text-tower pass over every text the losses read: captions, data negatives (vtm), masked captions (mlm)
+    ids, masks = [batch["caption"]], [batch["caption_mask"]]
+    if vtm:
+        ids.append(batch["negative"])
+        masks.append(batch["negative_mask"])
+    if mlm:
+        masked_ids, targets = losses.mask_tokens(batch["caption"], batch["caption_mask"], k_mlm, settings.mlm_ratio)
+        ids.append(masked_ids)
+        masks.append(batch["caption_mask"])
+    batch_size = batch["caption"].shape[0]
+    texts = vlm.encode_text(jnp.concatenate(ids), jnp.concatenate(masks), train=train)
+    text = _blocks(texts, batch_size, 0, 1)
     terms, metrics = {}, {}
 
     video_emb, text_emb, scale = vlm.embed(video, text, audio)
@@ -114,30 +131,37 @@ def pretrain_loss(vlm: VLM, batch: Batch, rng: jax.Array, settings: Settings, tr
         terms["contrastive"], parts = losses.contrastive_loss(video_emb, text_emb, scale, valid)
         _add(metrics, "contrastive", terms["contrastive"], parts)
 
-    if settings.weight("vtm"):
+    # one fusion pass over vtm's [positives; (video, mined text); (mined video, text); (video, data negative)]
+    # and mlm's (video, masked caption)
+    pairs = []
+    if vtm:
         similarity = scale * video_emb @ text_emb.T
         hard_text, hard_video = losses.mine_hard_negatives(similarity, k_mine, valid)
-        negative = vlm.encode_text(batch["negative"], batch["negative_mask"], train=train)
-        # one fusion pass over [positives; (video, mined text); (mined video, text); (video, data negative)]
-        videos = _concat(video, video, _take(video, hard_video), video)
-        audios = None if audio is None else _concat(audio, audio, _take(audio, hard_video), audio)
-        texts = _concat(text, _take(text, hard_text), text, negative)
-        logits = vlm.match(vlm.fuse(videos, audios, texts, train=train)).reshape(4, -1)
+        pairs += [(video, audio, text), (video, audio, _take(text, hard_text)),
+                  (_take(video, hard_video), None if audio is None else _take(audio, hard_video), text),
+                  (video, audio, _blocks(texts, batch_size, 1, 2))]
+    if mlm:
+        pairs.append((video, audio, _blocks(texts, batch_size, len(ids) - 1, len(ids))))
+    if pairs:
+        fused = vlm.fuse(_concat(*(v for v, _, _ in pairs)),
+                         None if audio is None else _concat(*(a for _, a, _ in pairs)),
+                         _concat(*(t for _, _, t in pairs)), train=train)
+
+    if vtm:
+        logits = vlm.match(_blocks(fused, batch_size, 0, 4)).reshape(4, -1)
         neg_valid = jnp.stack([valid & valid[hard_text], valid & valid[hard_video],
                                valid & batch["has_negative"].astype(bool)])
         terms["vtm"], parts = losses.matching_loss(logits[0], logits[1:].reshape(-1), valid, neg_valid.reshape(-1))
         _add(metrics, "vtm", terms["vtm"], parts)
 
-    if settings.weight("mlm"):
-        masked_ids, targets = losses.mask_tokens(batch["caption"], batch["caption_mask"], k_mlm, settings.mlm_ratio)
+    if mlm:
         targets = jnp.where(valid[:, None], targets, -1)
-        masked_text = vlm.encode_text(masked_ids, batch["caption_mask"], train=train)
-        fused = vlm.fuse(video, audio, masked_text, train=train)
         # vocabulary logits only at the (at most `limit`) predicted positions of each row: [B, limit, V]
         limit = max(1, round(settings.mlm_ratio * targets.shape[1]))  # mask_tokens' count never exceeds it
         positions = jnp.argsort(targets < 0, axis=1, stable=True)[:, :limit]
-        hidden = jnp.take_along_axis(fused.tokens, positions[..., None], axis=1)
-        logits = vlm.mlm(fused._replace(tokens=hidden))
+        masked_fused = _blocks(fused, batch_size, len(pairs) - 1, len(pairs))
+        hidden = jnp.take_along_axis(masked_fused.tokens, positions[..., None], axis=1)
+        logits = vlm.mlm(masked_fused._replace(tokens=hidden))
         terms["mlm"], parts = losses.mlm_loss(logits, jnp.take_along_axis(targets, positions, axis=1))
         _add(metrics, "mlm", terms["mlm"], parts)
 
