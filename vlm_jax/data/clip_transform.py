@@ -32,6 +32,7 @@ def skipped(example: dict) -> np.ndarray:
     """Whether the example (or each example of a batch) was replaced by a blank clip."""
     return (np.asarray(example["data/unreadable"]) > 0) | (np.asarray(example["data/wrong_shape"]) > 0)
 
+
 # Words a horizontal flip swaps, so that text stays true to the flipped pixels.
 _FLIP_WORDS = {"left": "right", "right": "left", "leftward": "rightward", "rightward": "leftward"}
 _FLIP_PATTERN = re.compile(r"\b(" + "|".join(_FLIP_WORDS) + r")\b")
