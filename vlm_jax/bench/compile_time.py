@@ -16,7 +16,7 @@ import time
 
 from vlm_jax.bench.common import REPO, progress, subprocess_env
 
-COMPILE_PRESETS = {True: ("tiny",), False: ("tiny", "small")}  # quick -> presets
+COMPILE_PRESETS = {True: ("tiny",), False: ("tiny", "cpu", "small")}  # quick -> presets
 
 
 def compile_times(quick: bool, data_dir: str) -> dict[str, float]:

@@ -20,7 +20,7 @@ from vlm_jax.data import pipeline
 from vlm_jax.train import checkpoint as checkpoint_lib
 from vlm_jax.run import build, loop
 
-TRAIN_STEPS = {True: {"tiny": 5}, False: {"small": 2}}  # quick -> {preset: timed steps}
+TRAIN_STEPS = {True: {"tiny": 5}, False: {"small": 2, "cpu": 5}}  # quick -> {preset: timed steps}
 
 
 def train(quick: bool, data_dir: str, peaks: dict[str, float]) -> dict[str, float]:
