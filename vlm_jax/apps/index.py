@@ -1,8 +1,8 @@
 """An on-disk embedding index and exact (or approximate) top-k search over it.
 
 Two engines search: faiss (`faiss.knn`, BLAS scoring and a heap per query) where JAX runs on the CPU and
-faiss is installed, and blocks of XLA matmuls with `lax.top_k` otherwise (accelerators). On this
-project's 2-core CPU faiss was the faster exact engine (docs/bench.md, `peers/search_top10`).
+faiss is installed, and blocks of XLA matmuls with `lax.top_k` otherwise (accelerators); docs/bench.md's
+"Measurements quoted by the code" says why.
 
 Layout of an index directory:
   embeddings.npy   float32 [rows, D], unit-norm rows
