@@ -38,7 +38,8 @@ def memory(quick: bool, data_dir: str, compiled: bool | None = None, presets: Se
     shrink it."""
     results = {}
     for preset in (MEMORY_PRESETS[quick] if presets is None else presets):
-        builders.build(features.BuildRequest.from_config(load_config(preset, data_dir, overrides)))  # a no-op when built
+        config = load_config(preset, data_dir, overrides)
+        builders.build(features.BuildRequest.from_config(config))  # a no-op when built
         if compiled is None:
             by_default = not quick and preset in MEMORY_COMPILED_PRESETS
             compiled_fsdp = [k for k in fsdp if k in MEMORY_COMPILED_FSDP] if by_default else []

@@ -16,8 +16,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--quick", action="store_true", help="seconds, for CI")
     bench.add_argument("--out", default="bench", help="where results.json and results.md go")
     bench.add_argument("--data_dir", help="prepared data sets (default $VLM_DATA_DIR or ./data)")
-    bench.add_argument("--sections", default="peak,input,compile,train,mfu,scaling,memory,peers",
-                       help="comma-separated sections to run, in their fixed order (default: all)")
+    bench.add_argument("--sections", help="comma-separated sections to run, in their fixed order (default: all)")
     bench.set_defaults(func=_bench)
 
     profile = commands.add_parser("profile", help="where our side of a `vlm bench` peer spends its time: a "
@@ -32,7 +31,10 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def _bench(args) -> None:
     from vlm_jax import bench
-    sections = [name.strip() for name in args.sections.split(",") if name.strip()]
+    if args.sections is None:
+        sections = list(bench.SECTIONS)
+    else:
+        sections = [name.strip() for name in args.sections.split(",") if name.strip()]
     unknown = sorted(set(sections) - set(bench.SECTIONS))
     if unknown or not sections:
         raise UserError(f"--sections takes a comma-separated subset of {','.join(bench.SECTIONS)}, "
