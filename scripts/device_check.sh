@@ -1,27 +1,29 @@
 #!/usr/bin/env bash
-# `vlm bench --sections peak,mfu` on the lent GPU machine (issue 7), in one call of under 5 minutes.
+# `vlm bench --sections peak,mfu,compile --presets small,base` on the lent GPU machine (issues 7 and 21), in one
+# call of under 8 minutes.
 #
 # Here first: scripts/fetch_gpu_wheels.sh (fills the git-ignored .whl/). Then, through the device tool,
 # from the repo root, carrying .whl:
-#     run(command="bash scripts/device_check.sh", carry=[".whl"], timeout_s=420)
+#     run(command="bash scripts/device_check.sh", carry=[".whl"], timeout_s=540)
 # On that machine it
 #   1. stops (exit 2, one line) unless `python3 -c "import jax; print(jax.default_backend())"` is gpu;
 #   2. pip-installs from .whl/ only (--no-index: it never reaches the network) the wheels whose package
 #      the machine's Python lacks or has older, into a throwaway folder put on PYTHONPATH: the machine's
 #      own Python stays as it was;
-#   3. runs `python3 -m vlm_jax bench --sections peak,mfu --out "${OUT:-bench_gpu}"` under `timeout`,
+#   3. runs `python3 -m vlm_jax bench --sections peak,mfu,compile --presets small,base --out "${OUT:-bench_gpu}"`
+#      under `timeout` (the compile section builds the tiny data set in ./data first, seconds),
 #      logging to that folder (bench.log, plus machine.txt: GPU and package versions);
 #   4. prints results.md. With $OUT set (the device tool sets it) the results are written straight into
 #      it, so they come back.
 #
 #   PYTHON=python3            the machine's Python (the one with JAX's CUDA build)
-#   DEVICE_CHECK_BUDGET=290   seconds for the whole script: the bench gets what is left, 280 s at most
+#   DEVICE_CHECK_BUDGET=470   seconds for the whole script: the bench gets what is left, 450 s at most
 #   DEVICE_CHECK_WHEELS=.whl  where the carried wheels are
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PYTHON=${PYTHON:-$(command -v python3 || command -v python || echo python3)}
-BUDGET=${DEVICE_CHECK_BUDGET:-290}
+BUDGET=${DEVICE_CHECK_BUDGET:-470}
 WHEELS=${DEVICE_CHECK_WHEELS:-.whl}
 
 # 1. The backend, before anything is installed or written; on failure one line and exit 2.
@@ -103,21 +105,22 @@ if ! missing=$("$PYTHON" -c "import vlm_jax.bench.runner" 2>&1); then
   exit 1
 fi
 bench_help=$("$PYTHON" -m vlm_jax bench --help)
-if [[ "$bench_help" != *--sections* ]]; then
-  echo "device_check: this checkout's \`vlm bench\` has no --sections option yet" >&2
+if [[ "$bench_help" != *--presets* ]]; then
+  echo "device_check: this checkout's \`vlm bench\` has no --presets option yet" >&2
   exit 1
 fi
 
 # 3. The bench, in what is left of the budget.
 limit=$((BUDGET - SECONDS))
-((limit > 280)) && limit=280
+((limit > 450)) && limit=450
 if ((limit < 60)); then
   echo "device_check: only ${limit} s left of DEVICE_CHECK_BUDGET=${BUDGET} s for the bench" >&2
   exit 1
 fi
-step "python -m vlm_jax bench --sections peak,mfu --out $out_dir (timeout ${limit} s)"
+bench_args=(--sections peak,mfu,compile --presets small,base --out "$out_dir")
+step "python -m vlm_jax bench ${bench_args[*]} (timeout ${limit} s)"
 set +e
-timeout --kill-after=10 "$limit" "$PYTHON" -m vlm_jax bench --sections peak,mfu --out "$out_dir" 2>&1 \
+timeout --kill-after=10 "$limit" "$PYTHON" -m vlm_jax bench "${bench_args[@]}" 2>&1 \
   | tee "$out_dir/bench.log"
 status=${PIPESTATUS[0]}
 set -e

@@ -96,6 +96,7 @@ def test_query_prints_hits_json_and_a_contact_sheet(index, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["search", "query", "--index", "INDEX", "   "], "the query is empty"),
     (["search", "query", "--index", "/nonexistent", "red"], "/nonexistent"),
+    (["search", "query", "--index", "INDEX", "red", "--nprobe", "4"], "--nprobe needs --approximate"),
     (["recommend", "--index", "INDEX", "--history", "no_such_id"], "no item 'no_such_id'"),
     (["recommend", "--index", "INDEX", "--history", " , "], "--history names no items"),
     (["caption", "--workdir", "RUN", "test:100000"], "past the end of the test split"),

@@ -43,12 +43,19 @@ def test_search_and_minilm_peers_agree_with_theirs():
         pytest.skip(f"peer packages not installed: {missing}")
     results = peers.peers(quick=True, only=only)
     assert results["peers/skipped"] == 0
-    measured = (*only, "search_top10_jax")  # the search peer times both engines
+    approximate = ("search_top10_ivf_random", "search_top10_ivf_clustered")
+    measured = (*only, "search_top10_jax", *approximate)  # the search peer times both engines and the ivf
     for name in measured:
         _check_side_by_side(results, name)
     assert results["peers/search_top10/identical_top10"] == results["peers/search_top10_jax/identical_top10"] == 100
     assert results["peers/minilm_encode/max_abs_diff"] < 1e-5
+    for name in approximate:  # calibrated on keys as queries, measured here on new queries
+        assert results[f"peers/{name}/recall_at_10"] >= 0.9 and 0 < results[f"peers/{name}/nprobe_over_nlist"] <= 1
+    # the clustered keys' neighbours sit in fewer cells
+    assert results["peers/search_top10_ivf_clustered/nprobe_over_nlist"] < \
+        results["peers/search_top10_ivf_random/nprobe_over_nlist"]
     expected = {f"peers/{name}/{key}" for name in measured for key in [*SIDES, "speedup"]}
     expected |= {"peers/search_top10/identical_top10", "peers/search_top10_jax/identical_top10",
                  "peers/minilm_encode/max_abs_diff", "peers/skipped"}
+    expected |= {f"peers/{name}/{key}" for name in approximate for key in ("recall_at_10", "nprobe_over_nlist")}
     assert set(results) == expected

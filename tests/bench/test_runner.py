@@ -30,3 +30,16 @@ def test_quick_bench_smoke_writes_results(tmp_path):
     assert results[f"{key}/analytic_gflop"] > 0 and 0.5 < results[f"{key}/xla_over_analytic"] < 2
     assert any(k.startswith("scaling/") for k in results)
     assert "| mfu/vivit/tiny/float32/mfu |" in (tmp_path / "results.md").read_text()
+
+
+def test_presets_choose_what_the_mfu_section_runs():
+    from vlm_jax.bench import mfu
+
+    assert mfu.combinations(True) == [("vivit", "tiny", "float32")]
+    assert mfu.combinations(False, ["small", "base"]) == [
+        ("vivit", "small", "float32"), ("vivit", "small", "bfloat16"), ("vivit", "base", "float32"),
+        ("vivit", "base", "bfloat16"), ("i3d", "small", "float32"), ("cnn2d", "small", "float32"),
+        ("cnn_rnn", "small", "float32")]
+    assert mfu.combinations(False, ["base"]) == [("vivit", "base", "float32"), ("vivit", "base", "bfloat16")]
+    full = mfu.combinations(False)
+    assert {p for _, p, _ in full} == set(mfu.PRESETS) and len(full) == 2 * len(mfu.PRESETS) + 3

@@ -9,6 +9,8 @@ Layout of an index directory:
   ids.json         list of unique string ids, one per row
   metadata.jsonl   one JSON object per row (source path, split, captions, attributes, ...)
   index.json       {"format_version", "dim", "count", "model": {...what produced the embeddings}}
+  ivf.faiss(.json) the inverted file of approximate search (`ivf.py`), written by the first approximate
+                   query and again by the first one after an `add`
 
 `index.json`'s `count` is the commit point. `add` writes every new file to a temporary name in the
 directory, renames the three data files over the old ones and renames `index.json` last, so a process
@@ -22,16 +24,19 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vlm_jax.apps.ivf import MIN_KEYS, InvertedFile
 from vlm_jax.errors import UserError
 
 FORMAT_VERSION = 1
 _EMBEDDINGS, _IDS, _METADATA, _INFO = "embeddings.npy", "ids.json", "metadata.jsonl", "index.json"
+_INVERTED_FILE = "ivf.faiss"
 
 
 def _normalise(x: np.ndarray, what: str) -> np.ndarray:
@@ -87,6 +92,7 @@ class Index:
     def __init__(self, path: Path, info: dict, ids: list[str], metadata: list[dict]):
         self.path, self._info, self._ids, self._metadata = path, info, ids, metadata
         self._positions: dict[str, int] | None = None
+        self._inverted_file: InvertedFile | None = None
         self._embeddings = self._load_embeddings()
 
     @classmethod
@@ -181,6 +187,37 @@ class Index:
             raise UserError(f"no item {id!r} in the index at {self.path}")
         return self._positions[id]
 
+    def search(self, queries: np.ndarray, k: int, *, approximate: bool = False, nprobe: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """`top_k` over the rows. `approximate`, where faiss is the engine and the index holds at least
+        `ivf.MIN_KEYS` rows, searches the inverted file (built and calibrated for recall@10 >= 0.95 at the
+        first such query, or the first after an `add`, and kept beside the index), visiting `nprobe` cells
+        (default the calibrated number); elsewhere it is `top_k`'s (the jax engine's `approx_max_k`, or
+        exact faiss on an index too small to split)."""
+        engine = default_engine()
+        if not (approximate and engine == "faiss" and len(self) >= MIN_KEYS):
+            if nprobe is not None:
+                raise UserError(f"nprobe applies to approximate search with faiss over at least {MIN_KEYS} rows; "
+                                f"this index has {len(self)} rows and the engine is {engine}")
+            return top_k(queries, self.embeddings, k, approximate=approximate and engine == "jax")
+        if self._inverted_file is None:
+            self._inverted_file = self._open_inverted_file()
+        return self._inverted_file.search(_normalise(queries, "query"), min(k, len(self)), nprobe)
+
+    def _open_inverted_file(self) -> InvertedFile:
+        """The saved inverted file if it describes these rows; else a new one, saved when the directory is
+        writable (a read-only index still answers, building it again per process)."""
+        path = self.path / _INVERTED_FILE
+        inverted_file = InvertedFile.load(path, len(self))
+        if inverted_file is None:
+            inverted_file = InvertedFile.build(self.embeddings)
+            try:
+                inverted_file.save(path)
+            except (OSError, RuntimeError) as e:
+                print(f"vlm: the inverted file could not be saved at {path} ({e}); it lives in memory only",
+                      file=sys.stderr)
+        return inverted_file
+
     def add(self, ids: list[str], embeddings: np.ndarray, metadata: list[dict] | None = None) -> None:
         """Append rows (embeddings are re-normalised) and commit them atomically; see the module docstring."""
         ids = list(ids)
@@ -211,6 +248,7 @@ class Index:
         self._info, self._ids = info, self._ids + ids
         self._metadata = self._metadata + [json.loads(line) for line in lines]
         self._positions = None
+        self._inverted_file = None
         self._embeddings = self._load_embeddings()
 
 
@@ -259,7 +297,8 @@ def top_k(queries: np.ndarray, keys: np.ndarray, k: int, block_size: int = 8192,
     score matrix; the last block is padded so one compiled function serves every block. 8192 rows keep a
     1000-query score block (32 MB) near the cache (docs/bench.md has the measurement). Equal scores rank
     the lower index first (exact mode). k above N is clamped to N. `approximate` takes each block's
-    top-k with `approx_max_k` (recall target 0.95, exact on CPU) instead of an exact top_k.
+    top-k with `approx_max_k` (recall target 0.95, exact on CPU) instead of an exact top_k; on a CPU,
+    `Index.search` searches approximately with an inverted file instead (`ivf.py`).
     `engine`: "faiss" or "jax" (default: `default_engine()`); `block_size` and `approximate` are the jax
     engine's, so an approximate search runs there.
 

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from vlm_jax.apps import predictor as predictor_lib
-from vlm_jax.apps.index import Index, top_k
+from vlm_jax.apps.index import Index
 from vlm_jax.data import show
 from vlm_jax.errors import UserError
 
@@ -103,12 +103,12 @@ class Searcher:
         """The embedding model, loaded at the first query (a bad query fails without loading it)."""
         return load_embedder(self.index.model)
 
-    def query(self, text: str, k: int = 10, *, approximate: bool = False) -> list[Hit]:
-        """The k videos closest to `text` (best first)."""
+    def query(self, text: str, k: int = 10, *, approximate: bool = False, nprobe: int | None = None) -> list[Hit]:
+        """The k videos closest to `text` (best first); `approximate` and `nprobe` as `Index.search`."""
         if not text.strip():
             raise UserError("the query is empty")
-        scores, positions = top_k(self.embedder.embed_texts([text]), self.index.embeddings, k,
-                                  approximate=approximate)
+        scores, positions = self.index.search(self.embedder.embed_texts([text]), k, approximate=approximate,
+                                              nprobe=nprobe)
         return [Hit(rank + 1, self.index.ids[p], float(s), self.index.metadata(p))
                 for rank, (s, p) in enumerate(zip(scores[0], positions[0])) if p >= 0]
 

@@ -14,9 +14,9 @@ from typing import Sequence
 from vlm_jax.bench.common import SECTIONS
 
 
-def run(quick: bool, out_dir: str, data_dir: str | None = None, sections: Sequence[str] = SECTIONS
-        ) -> dict[str, float]:
+def run(quick: bool, out_dir: str, data_dir: str | None = None, sections: Sequence[str] = SECTIONS,
+        presets: Sequence[str] | None = None) -> dict[str, float]:
     """The chosen sections in `SECTIONS` order; writes OUT/results.json and OUT/results.md (`runner.run`)."""
     from vlm_jax.bench import runner
 
-    return runner.run(quick, out_dir, data_dir, sections)
+    return runner.run(quick, out_dir, data_dir, sections, presets)

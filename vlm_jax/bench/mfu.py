@@ -8,7 +8,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -66,11 +66,20 @@ def time_encoder_step(step: EncoderStep, timed_steps: int, peaks: dict[str, floa
             **flops.flops_metrics(step.key, step.analytic_flops, step.xla_flops, step_s, step.dtype, peaks)}
 
 
-def mfu(quick: bool, peaks: dict[str, float]) -> dict[str, float]:
-    """The `mfu` section; `peaks` holds this run's `peak/...` results."""
-    combos = ([("vivit", "tiny", "float32")] if quick else
-              [("vivit", p, d) for p in PRESETS for d in DTYPES]
-              + [(e, "small", "float32") for e in ENCODERS[1:]])
+def combinations(quick: bool, presets: Sequence[str] | None = None) -> list[tuple[str, str, str]]:
+    """(encoder, preset, dtype) of the section: ViViT at each preset (default tiny when quick, else `PRESETS`)
+    in float32 (quick) or each of `DTYPES`, and the other encoders in float32 at small when it is chosen and
+    the run is full."""
+    presets = presets or (("tiny",) if quick else PRESETS)
+    combos = [("vivit", p, d) for p in presets for d in (("float32",) if quick else DTYPES)]
+    if not quick and "small" in presets:
+        combos += [(e, "small", "float32") for e in ENCODERS[1:]]
+    return combos
+
+
+def mfu(quick: bool, peaks: dict[str, float], presets: Sequence[str] | None = None) -> dict[str, float]:
+    """The `mfu` section at `presets` (`combinations`); `peaks` holds this run's `peak/...` results."""
+    combos = combinations(quick, presets)
     start = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(COMPILE_THREADS) as pool:  # every compile before any timing
         steps = list(pool.map(lambda combo: compile_encoder_step(*combo), combos))

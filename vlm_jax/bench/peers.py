@@ -345,18 +345,18 @@ def i3d_forward(quick: bool, rounds: int) -> dict[str, float]:
 # --- exact top-10 search vs faiss ------------------------------------------------------------------------
 
 def search_top10(quick: bool, rounds: int) -> dict[str, float]:
-    """`index.top_k` with each engine against faiss' `IndexFlatIP`: `search_top10` is the default engine
-    (faiss on a CPU), `search_top10_jax` the XLA blocks and `lax.top_k` that accelerators use."""
+    """Top-10 search against faiss' exact `IndexFlatIP`: `index.top_k` with each engine (`search_top10` is the
+    default, faiss on a CPU; `search_top10_jax` the XLA blocks and `lax.top_k` that accelerators use), and
+    approximate search (`ivf.InvertedFile`, what `vlm search query --approximate` runs on a CPU) on the
+    same random keys (`search_top10_ivf_random`) and on `clustered_keys` (`search_top10_ivf_clustered`)."""
     import faiss
 
-    from vlm_jax.apps import index
+    from vlm_jax.apps import index, ivf
 
     n, dim, num_queries, k = (20_000, 64, 100, 10) if quick else (1_000_000, 256, 1000, 10)
     rng = np.random.default_rng(0)
-    keys = rng.standard_normal((n, dim), dtype=np.float32)
-    keys /= np.linalg.norm(keys, axis=1, keepdims=True)
-    queries = rng.standard_normal((num_queries, dim), dtype=np.float32)
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)  # ours normalises them; give faiss the same
+    keys = _unit_rows(rng.standard_normal((n, dim), dtype=np.float32))
+    queries = _unit_rows(rng.standard_normal((num_queries, dim), dtype=np.float32))  # ours normalises them
     flat = faiss.IndexFlatIP(dim)
     flat.add(keys)  # not timed
     results = {}
@@ -367,7 +367,38 @@ def search_top10(quick: bool, rounds: int) -> dict[str, float]:
         same = [set(a.tolist()) == set(b.tolist()) for a, b in zip(ours_indices, theirs_indices)]
         results.update(timed)
         results[f"peers/{name}/identical_top10"] = 100.0 * sum(same) / len(same)
+    for kind in ("random", "clustered"):
+        if kind == "clustered":
+            del flat, keys
+            points = clustered_keys(rng, n + num_queries, dim)
+            keys, queries = points[:n], points[n:]
+            flat = faiss.IndexFlatIP(dim)
+            flat.add(keys)
+        start = time.perf_counter()
+        inverted = ivf.InvertedFile.build(keys)  # not timed: built once and kept beside an index
+        name = f"search_top10_ivf_{kind}"
+        progress(f"peers/{name}: inverted file built in {time.perf_counter() - start:.0f} s: {inverted.nlist} "
+                 f"cells, nprobe {inverted.nprobe} for recall@10 {inverted.calibrated_recall:.3f}")
+        timed, ((_, ours_indices), (_, theirs_indices)) = interleaved(
+            name, lambda: inverted.search(queries, k), lambda: flat.search(queries, k), num_queries, rounds,
+            "queries/s")
+        results.update(timed)
+        results[f"peers/{name}/recall_at_10"] = float(np.mean(
+            [len(set(a.tolist()) & set(b.tolist())) / k for a, b in zip(ours_indices, theirs_indices)]))
+        results[f"peers/{name}/nprobe_over_nlist"] = inverted.nprobe / inverted.nlist
     return results
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def clustered_keys(rng: np.random.Generator, n: int, dim: int, keys_per_cluster: int = 500) -> np.ndarray:
+    """Unit keys that cluster as embeddings do: each is one of n / `keys_per_cluster` random directions plus
+    Gaussian noise as large as the direction (std 1 per dimension for both), so it keeps a cosine of about
+    0.7 with its cluster's direction and about 0.5 with the keys that share it."""
+    centres = rng.standard_normal((max(1, n // keys_per_cluster), dim), dtype=np.float32)
+    return _unit_rows(centres[rng.integers(0, len(centres), n)] + rng.standard_normal((n, dim), dtype=np.float32))
 
 
 PEER_FUNCTIONS = {"vivit_forward": vivit_forward, "vivit_train": vivit_train, "timesformer_train": timesformer_train,

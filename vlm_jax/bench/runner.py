@@ -14,10 +14,11 @@ from vlm_jax.bench import compile_time, input_pipeline, memory, mfu, peak, peers
 from vlm_jax.bench.common import SECTIONS, progress
 
 
-def run(quick: bool, out_dir: str, data_dir: str | None = None, sections: Sequence[str] = SECTIONS
-        ) -> dict[str, float]:
+def run(quick: bool, out_dir: str, data_dir: str | None = None, sections: Sequence[str] = SECTIONS,
+        presets: Sequence[str] | None = None) -> dict[str, float]:
     """The chosen sections in `SECTIONS` order, then the derived ratios; writes results.json and results.md.
-    train and mfu bring peak, which their MFU divides by."""
+    train and mfu bring peak, which their MFU divides by. `presets` replaces the presets that the compile,
+    train and mfu sections run at (each section's own choice by default)."""
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         raise ValueError(f"unknown bench sections {unknown}; choose from {', '.join(SECTIONS)}")
@@ -28,8 +29,9 @@ def run(quick: bool, out_dir: str, data_dir: str | None = None, sections: Sequen
     peaks = lambda: {k: v for k, v in results.items() if k.startswith("peak/")}
     runners = {"peak": lambda: peak.matmul_peak(quick),
                "input": lambda: input_pipeline.input_pipeline(quick, data_dir),
-               "compile": lambda: compile_time.compile_times(quick, data_dir),
-               "train": lambda: train.train(quick, data_dir, peaks()), "mfu": lambda: mfu.mfu(quick, peaks()),
+               "compile": lambda: compile_time.compile_times(quick, data_dir, presets),
+               "train": lambda: train.train(quick, data_dir, peaks(), presets),
+               "mfu": lambda: mfu.mfu(quick, peaks(), presets),
                "scaling": lambda: scaling.scaling(quick), "memory": lambda: memory.memory(quick, data_dir),
                "peers": lambda: peers.peers(quick)}
     for name in SECTIONS:

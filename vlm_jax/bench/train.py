@@ -9,7 +9,7 @@ import math
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 
@@ -23,10 +23,14 @@ from vlm_jax.run import build, loop
 TRAIN_STEPS = {True: {"tiny": 5}, False: {"small": 2, "cpu": 5}}  # quick -> {preset: timed steps}
 
 
-def train(quick: bool, data_dir: str, peaks: dict[str, float]) -> dict[str, float]:
-    """The `train/<preset>/...` metrics; `peaks` holds this run's `peak/...` results."""
+def train(quick: bool, data_dir: str, peaks: dict[str, float], presets: Sequence[str] | None = None
+          ) -> dict[str, float]:
+    """The `train/<preset>/...` metrics at `presets` (default those of `TRAIN_STEPS[quick]`; a preset not
+    there gets the fewest timed steps it lists); `peaks` holds this run's `peak/...` results."""
+    steps = TRAIN_STEPS[quick]
     results = {}
-    for preset, num_steps in TRAIN_STEPS[quick].items():
+    for preset in presets or steps:
+        num_steps = steps.get(preset, min(steps.values()))
         start = time.perf_counter()
         results.update(train_preset(preset, num_steps, data_dir, peaks, time_checkpoint=quick))
         progress(f"train/{preset} done in {time.perf_counter() - start:.0f} s")

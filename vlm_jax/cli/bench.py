@@ -17,6 +17,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--out", default="bench", help="where results.json and results.md go")
     bench.add_argument("--data_dir", help="prepared data sets (default $VLM_DATA_DIR or ./data)")
     bench.add_argument("--sections", help="comma-separated sections to run, in their fixed order (default: all)")
+    bench.add_argument("--presets", help="comma-separated presets for the compile, train and mfu sections "
+                                         "(default: each section's own)")
     bench.set_defaults(func=_bench)
 
     profile = commands.add_parser("profile", help="where our side of a `vlm bench` peer spends its time: a "
@@ -30,16 +32,18 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _bench(args) -> None:
-    from vlm_jax import bench
-    if args.sections is None:
-        sections = list(bench.SECTIONS)
-    else:
-        sections = [name.strip() for name in args.sections.split(",") if name.strip()]
-    unknown = sorted(set(sections) - set(bench.SECTIONS))
-    if unknown or not sections:
-        raise UserError(f"--sections takes a comma-separated subset of {','.join(bench.SECTIONS)}, "
-                        f"got {args.sections!r}")
-    bench.run(quick=args.quick, out_dir=args.out, data_dir=args.data_dir, sections=sections)
+    from vlm_jax import bench, schema
+    sections = _subset("--sections", args.sections, bench.SECTIONS) if args.sections is not None else bench.SECTIONS
+    presets = _subset("--presets", args.presets, tuple(schema.PRESETS)) if args.presets is not None else None
+    bench.run(quick=args.quick, out_dir=args.out, data_dir=args.data_dir, sections=sections, presets=presets)
+
+
+def _subset(flag: str, text: str, choices: tuple[str, ...]) -> list[str]:
+    """`text`'s comma-separated names, each one of `choices`; a UserError otherwise."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names or set(names) - set(choices):
+        raise UserError(f"{flag} takes a comma-separated subset of {','.join(choices)}, got {text!r}")
+    return names
 
 
 def _profile(args) -> None:
