@@ -82,3 +82,18 @@ def test_small_indexes_search_exactly_and_refuse_nprobe(tmp_path):
     with pytest.raises(UserError, match="nprobe applies to approximate search"):
         index.search(queries, 5, approximate=True, nprobe=4)
     assert not (tmp_path / "small" / "ivf.faiss").exists()
+
+
+def test_an_index_searches_exactly_where_the_inverted_file_would_be_slower(tmp_path):
+    rng = np.random.default_rng(4)
+    keys = _unit(rng.normal(size=(8192, 128)))  # no structure: the calibration needs most of the cells
+    index = Index.create(tmp_path / "index", 128, {"kind": "test"})
+    index.add([f"clip{i}" for i in range(len(keys))], keys)
+    queries = rng.normal(size=(8, 128))
+    scores, found = index.search(queries, 10, approximate=True)
+    inverted = ivf.InvertedFile.load(tmp_path / "index" / "ivf.faiss", len(keys))
+    assert not inverted.faster_than_exact and inverted.nprobe > ivf.MAX_CELL_SHARE * inverted.nlist
+    exact_scores, exact = index.search(queries, 10)
+    assert found.tolist() == exact.tolist() and np.array_equal(scores, exact_scores)
+    _, probed = index.search(queries, 10, approximate=True, nprobe=1)  # a given nprobe is obeyed
+    assert _recall(probed, exact) < 1.0

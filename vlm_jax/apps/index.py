@@ -192,8 +192,9 @@ class Index:
         """`top_k` over the rows. `approximate`, where faiss is the engine and the index holds at least
         `ivf.MIN_KEYS` rows, searches the inverted file (built and calibrated for recall@10 >= 0.95 at the
         first such query, or the first after an `add`, and kept beside the index), visiting `nprobe` cells
-        (default the calibrated number); elsewhere it is `top_k`'s (the jax engine's `approx_max_k`, or
-        exact faiss on an index too small to split)."""
+        (default the calibrated number, unless that would be slower than exact search: then the search is
+        exact); elsewhere it is `top_k`'s (the jax engine's `approx_max_k`, or exact faiss on an index too
+        small to split)."""
         engine = default_engine()
         if not (approximate and engine == "faiss" and len(self) >= MIN_KEYS):
             if nprobe is not None:
@@ -202,6 +203,8 @@ class Index:
             return top_k(queries, self.embeddings, k, approximate=approximate and engine == "jax")
         if self._inverted_file is None:
             self._inverted_file = self._open_inverted_file()
+        if nprobe is None and not self._inverted_file.faster_than_exact:
+            return top_k(queries, self.embeddings, k)
         return self._inverted_file.search(_normalise(queries, "query"), min(k, len(self)), nprobe)
 
     def _open_inverted_file(self) -> InvertedFile:

@@ -22,6 +22,10 @@ import numpy as np
 
 from vlm_jax.errors import UserError
 
+# Visiting more than this share of the cells is slower than exact search: faiss scans a cell's keys without
+# BLAS, so over 1M x 256 random keys (1,000 queries, 2 CPU cores) 1/16 of 4,096 cells ran at 1.45x
+# `IndexFlatIP`'s speed and 1/8 of 1,024 cells at 0.81x (docs/bench.md).
+MAX_CELL_SHARE = 1 / 8
 CALIBRATION_QUERIES = 256
 CALIBRATION_K = 10
 MIN_KEYS = 4096  # below this, exact search takes milliseconds and k-means has few points per cell
@@ -73,6 +77,11 @@ class InvertedFile:
     @property
     def nlist(self) -> int:
         return int(self.index.nlist)
+
+    @property
+    def faster_than_exact(self) -> bool:
+        """Whether the calibrated `nprobe` visits at most `MAX_CELL_SHARE` of the cells."""
+        return self.nprobe <= MAX_CELL_SHARE * self.nlist
 
     def search(self, queries: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores [Q, k], indices [Q, k]) from the `nprobe` nearest cells (default the calibrated one), best
