@@ -30,6 +30,15 @@ def test_quick_bench_smoke_writes_results(tmp_path):
     assert results[f"{key}/analytic_gflop"] > 0 and 0.5 < results[f"{key}/xla_over_analytic"] < 2
     assert any(k.startswith("scaling/") for k in results)
     assert "| mfu/vivit/tiny/float32/mfu |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "summary.md").read_text().splitlines()[2].startswith("| matmul peak, f32 / bf16 -> f32 | ")
+
+
+def test_the_summary_keeps_the_rows_the_run_holds():
+    table = runner.summary_table({"peak/f32_gflops": 193.8, "peak/bf16_f32acc_gflops": 285.6,
+                                  "peers/i3d_forward/speedup": 1.774, "peers/vivit_forward/speedup": 1.08})
+    assert table.splitlines() == ["| measured | value |", "|---|---|",
+                                  "| matmul peak, f32 / bf16 -> f32 | 194 / 286 GFLOP/s |",
+                                  "| I3D forward vs i3d-jax | 1.77x |"]  # vivit's row needs both its peers
 
 
 def test_presets_choose_what_the_mfu_section_runs():
