@@ -67,6 +67,9 @@ def test_an_index_keeps_its_inverted_file_until_it_grows(tmp_path):
     reopened = Index.open(tmp_path / "index")
     _, again = reopened.search(queries, 10, approximate=True)
     assert again.tolist() == approximate.tolist() and saved.stat().st_mtime_ns == written  # loaded, not rebuilt
+    saved.write_bytes(b"not a faiss index")  # damaged: built again rather than trusted
+    _, rebuilt = Index.open(tmp_path / "index").search(queries, 10, approximate=True)
+    assert _recall(rebuilt, exact) >= 0.9 and ivf.InvertedFile.load(saved, 10_000) is not None
     reopened.add([f"new{i}" for i in range(2_000)], points[10_000:])
     _, grown = reopened.search(queries, 10, approximate=True)
     assert ivf.InvertedFile.load(saved, 12_000).count == 12_000  # rebuilt over the new rows and saved
