@@ -208,10 +208,10 @@ class Index:
         return self._inverted_file.search(_normalise(queries, "query"), min(k, len(self)), nprobe)
 
     def _open_inverted_file(self) -> InvertedFile:
-        """The saved inverted file if it describes these rows; else a new one, saved when the directory is
+        """The saved inverted file if it holds these rows; else a new one, saved when the directory is
         writable (a read-only index still answers, building it again per process)."""
         path = self.path / _INVERTED_FILE
-        inverted_file = InvertedFile.load(path, len(self))
+        inverted_file = InvertedFile.load(path, self.embeddings)
         if inverted_file is None:
             inverted_file = InvertedFile.build(self.embeddings)
             try:

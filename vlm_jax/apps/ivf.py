@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import os
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +32,16 @@ CALIBRATION_K = 10
 MIN_KEYS = 4096  # below this, exact search takes milliseconds and k-means has few points per cell
 TRAINING_POINTS_PER_CELL = 39  # faiss's k-means warns below this many
 _ADD_ROWS = 1 << 16  # rows added at a time, so a memory-mapped index is not read whole into memory
+_FINGERPRINT_ROWS = 1024
 
 
 @dataclasses.dataclass
 class InvertedFile:
-    """A trained and filled `faiss.IndexIVFFlat` (inner product) and what its calibration chose."""
+    """A trained and filled `faiss.IndexIVFFlat` (inner product), the keys it holds (their count and
+    `fingerprint`) and what its calibration chose."""
     index: Any
     count: int
+    fingerprint: int
     nprobe: int
     calibrated_recall: float
 
@@ -71,7 +75,7 @@ class InvertedFile:
             recall = float(np.mean([len(set(a.tolist()) & set(e.tolist())) / CALIBRATION_K
                                     for a, e in zip(_without_own_rows(found, rows), exact)]))
             if recall >= recall_target or nprobe >= nlist:
-                return cls(index, n, nprobe, recall)
+                return cls(index, n, fingerprint(keys), nprobe, recall)
             nprobe = min(2 * nprobe, nlist)
 
     @property
@@ -94,35 +98,44 @@ class InvertedFile:
         return np.where(indices >= 0, scores, -np.inf).astype(np.float32), indices.astype(np.int64)
 
     def save(self, path: Path) -> None:
-        """`path` (faiss's own format, never a pickle) and `path`.json with the count and calibration, each
-        written to a temporary name and renamed, the json last (its count says which index it describes)."""
+        """`path` (faiss's own format, never a pickle) and `path`.json with the keys' count and fingerprint and
+        the calibration, each written to a temporary name and renamed, the json last (it says which keys the
+        file holds)."""
         import faiss
 
         tmp = path.with_name(f".{path.name}.tmp")
         faiss.write_index(self.index, str(tmp))
         os.replace(tmp, path)
-        info = {"count": self.count, "nlist": self.nlist, "nprobe": self.nprobe,
+        info = {"count": self.count, "fingerprint": self.fingerprint, "nlist": self.nlist, "nprobe": self.nprobe,
                 "calibrated_recall": self.calibrated_recall}
         tmp_info = path.with_name(f".{path.name}.json.tmp")
         tmp_info.write_text(json.dumps(info, indent=2))
         os.replace(tmp_info, path.with_name(f"{path.name}.json"))
 
     @classmethod
-    def load(cls, path: Path, count: int) -> InvertedFile | None:
-        """The inverted file saved at `path` if it describes `count` keys; None when it is missing, stale
-        (the index has grown since) or unreadable."""
+    def load(cls, path: Path, keys: np.ndarray) -> InvertedFile | None:
+        """The inverted file saved at `path` if it holds `keys` (their count and `fingerprint`); None when it
+        is missing, stale (the index has grown or been rebuilt since) or unreadable."""
         import faiss
 
         try:
             info = json.loads(path.with_name(f"{path.name}.json").read_text())
-            if int(info["count"]) != count:
+            if int(info["count"]) != len(keys) or int(info["fingerprint"]) != fingerprint(keys):
                 return None
             index = faiss.read_index(str(path))
         except (OSError, ValueError, KeyError, TypeError, RuntimeError):
             return None
-        if index.ntotal != count:
+        if index.ntotal != len(keys):
             return None
-        return cls(index, count, int(info["nprobe"]), float(info["calibrated_recall"]))
+        return cls(index, len(keys), int(info["fingerprint"]), int(info["nprobe"]), float(info["calibrated_recall"]))
+
+
+def fingerprint(keys: np.ndarray) -> int:
+    """A CRC-32 of up to `_FINGERPRINT_ROWS` evenly spaced rows and the last one: different keys of the same
+    count (an index deleted and built again) are told apart without reading a large index whole."""
+    rows = np.unique(np.append(np.linspace(0, len(keys) - 1, min(len(keys), _FINGERPRINT_ROWS)).astype(int),
+                               len(keys) - 1))
+    return zlib.crc32(np.ascontiguousarray(keys[rows], np.float32).tobytes())
 
 
 def _without_own_rows(found: np.ndarray, rows: np.ndarray) -> np.ndarray:
