@@ -115,7 +115,8 @@ SUMMARY = (
      "{peers/search_top10_ivf_clustered/nprobe_over_nlist:.4f}"),
     ("approximate top-10 vs IndexFlatIP, random keys: speed, recall@10, cells visited (calibrated)",
      "{peers/search_top10_ivf_random/speedup:.2f}x, {peers/search_top10_ivf_random/recall_at_10:.3f}, "
-     "{peers/search_top10_ivf_random/nprobe_over_nlist:.3f} ({peers/search_top10_ivf_random/calibrated_nprobe_over_nlist:.2f})"),
+     "{peers/search_top10_ivf_random/nprobe_over_nlist:.3f} "
+     "({peers/search_top10_ivf_random/calibrated_nprobe_over_nlist:.2f})"),
 )
 
 
