@@ -1,7 +1,8 @@
 """Approximate top-k on a CPU: faiss's inverted-file index (IVF), calibrated for a recall and kept on disk.
 
 The keys are split among `nlist` k-means cells (4 sqrt(N), the low end of faiss's advice of 4 to 16
-sqrt(N)), and a query scores only the keys of its `nprobe` nearest cells. How many cells a query must
+sqrt(N), and at most N / 39 so that k-means has its 39 points per cell), and a query scores only the keys
+of its `nprobe` nearest cells. How many cells a query must
 visit for a given recall depends on the data: embeddings that cluster keep a query's neighbours in a few
 cells, while keys with no structure (the bench's random unit vectors) spread them over all of them. So
 `InvertedFile.build` calibrates: it keeps the smallest power-of-two `nprobe` whose recall@10 against exact

@@ -342,7 +342,7 @@ def i3d_forward(quick: bool, rounds: int) -> dict[str, float]:
     return results
 
 
-# --- exact top-10 search vs faiss ------------------------------------------------------------------------
+# --- exact and approximate top-10 search vs faiss --------------------------------------------------------
 
 def search_top10(quick: bool, rounds: int) -> dict[str, float]:
     """Top-10 search against faiss' exact `IndexFlatIP`: `index.top_k` with each engine (`search_top10` is the
