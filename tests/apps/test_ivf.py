@@ -1,6 +1,8 @@
 """The inverted file of approximate search: calibrated recall on clustered and on structureless keys, its
 search against exact search, and its life beside an index (saved, reused, rebuilt after an add)."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -69,11 +71,13 @@ def test_an_index_keeps_its_inverted_file_until_it_grows(tmp_path):
     assert again.tolist() == approximate.tolist() and saved.stat().st_mtime_ns == written  # loaded, not rebuilt
     saved.write_bytes(b"not a faiss index")  # damaged: built again rather than trusted
     _, rebuilt = Index.open(tmp_path / "index").search(queries, 10, approximate=True)
-    assert _recall(rebuilt, exact) >= 0.9 and ivf.InvertedFile.load(saved, index.embeddings) is not None
+    assert _recall(rebuilt, exact) >= 0.9 and index.saved_inverted_file() is not None
     reopened.add([f"new{i}" for i in range(2_000)], points[10_000:])
     _, grown = reopened.search(queries, 10, approximate=True)
-    assert ivf.InvertedFile.load(saved, reopened.embeddings).count == 12_000  # rebuilt over the new rows, saved
-    assert ivf.InvertedFile.load(saved, reopened.embeddings[::-1]) is None  # as many other keys: not theirs
+    assert reopened.saved_inverted_file().count == 12_000  # rebuilt over the new rows, saved
+    info = json.loads(saved.with_name("ivf.faiss.json").read_text())
+    with open(saved, "rb") as f:  # as many other keys: not theirs
+        assert ivf.InvertedFile.read(f, info, reopened.embeddings[::-1]) is None
     assert set(range(10_000, 10_008)) & set(grown[:, 0].tolist())  # the added rows are found
 
 
@@ -95,7 +99,7 @@ def test_an_index_searches_exactly_where_the_inverted_file_would_be_slower(tmp_p
     index.add([f"clip{i}" for i in range(len(keys))], keys)
     queries = rng.normal(size=(8, 128))
     scores, found = index.search(queries, 10, approximate=True)
-    inverted = ivf.InvertedFile.load(tmp_path / "index" / "ivf.faiss", keys)
+    inverted = index.saved_inverted_file()
     assert not inverted.faster_than_exact and inverted.nprobe > ivf.MAX_CELL_SHARE * inverted.nlist
     exact_scores, exact = index.search(queries, 10)
     assert found.tolist() == exact.tolist() and np.array_equal(scores, exact_scores)

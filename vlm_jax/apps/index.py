@@ -36,7 +36,7 @@ from vlm_jax.errors import UserError
 
 FORMAT_VERSION = 1
 _EMBEDDINGS, _IDS, _METADATA, _INFO = "embeddings.npy", "ids.json", "metadata.jsonl", "index.json"
-_INVERTED_FILE = "ivf.faiss"
+_INVERTED_FILE, _INVERTED_FILE_INFO = "ivf.faiss", "ivf.faiss.json"
 
 
 def _normalise(x: np.ndarray, what: str) -> np.ndarray:
@@ -210,16 +210,28 @@ class Index:
     def _open_inverted_file(self) -> InvertedFile:
         """The saved inverted file if it holds these rows; else a new one, saved when the directory is
         writable (a read-only index still answers, building it again per process)."""
-        path = self.path / _INVERTED_FILE
-        inverted_file = InvertedFile.load(path, self.embeddings)
+        inverted_file = self.saved_inverted_file()
         if inverted_file is None:
             inverted_file = InvertedFile.build(self.embeddings)
-            try:
-                inverted_file.save(path)
+            info = json.dumps(inverted_file.info(), indent=2).encode()
+            try:  # the info last: it says which rows the file holds
+                tmps = [_write_temporary(self.path / _INVERTED_FILE, inverted_file.write),
+                        _write_temporary(self.path / _INVERTED_FILE_INFO, lambda f: f.write(info))]
+                for tmp, name in zip(tmps, (_INVERTED_FILE, _INVERTED_FILE_INFO)):
+                    os.replace(tmp, self.path / name)
             except (OSError, RuntimeError) as e:
-                print(f"vlm: the inverted file could not be saved at {path} ({e}); it lives in memory only",
+                print(f"vlm: the inverted file could not be saved in {self.path} ({e}); it lives in memory only",
                       file=sys.stderr)
         return inverted_file
+
+    def saved_inverted_file(self) -> InvertedFile | None:
+        """The inverted file saved beside the index, if there is one and it holds these rows."""
+        try:
+            info = json.loads((self.path / _INVERTED_FILE_INFO).read_text())
+            with open(self.path / _INVERTED_FILE, "rb") as f:
+                return InvertedFile.read(f, info, self.embeddings)
+        except (OSError, ValueError):
+            return None
 
     def add(self, ids: list[str], embeddings: np.ndarray, metadata: list[dict] | None = None) -> None:
         """Append rows (embeddings are re-normalised) and commit them atomically; see the module docstring."""

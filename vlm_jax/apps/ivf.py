@@ -13,12 +13,9 @@ docs/bench.md has the measurements on both kinds of keys.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import zlib
-from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -98,37 +95,32 @@ class InvertedFile:
         scores, indices = self.index.search(np.ascontiguousarray(queries, np.float32), k)
         return np.where(indices >= 0, scores, -np.inf).astype(np.float32), indices.astype(np.int64)
 
-    def save(self, path: Path) -> None:
-        """`path` (faiss's own format, never a pickle) and `path`.json with the keys' count and fingerprint and
-        the calibration, each written to a temporary name and renamed, the json last (it says which keys the
-        file holds)."""
+    def info(self) -> dict:
+        """What `read` checks before trusting a saved inverted file, and what its calibration chose."""
+        return {"count": self.count, "fingerprint": self.fingerprint, "nlist": self.nlist, "nprobe": self.nprobe,
+                "calibrated_recall": self.calibrated_recall}
+
+    def write(self, file: BinaryIO) -> None:
+        """The faiss index into an open binary file, in faiss's own format (never a pickle), streamed."""
         import faiss
 
-        tmp = path.with_name(f".{path.name}.tmp")
-        faiss.write_index(self.index, str(tmp))
-        os.replace(tmp, path)
-        info = {"count": self.count, "fingerprint": self.fingerprint, "nlist": self.nlist, "nprobe": self.nprobe,
-                "calibrated_recall": self.calibrated_recall}
-        tmp_info = path.with_name(f".{path.name}.json.tmp")
-        tmp_info.write_text(json.dumps(info, indent=2))
-        os.replace(tmp_info, path.with_name(f"{path.name}.json"))
+        faiss.write_index(self.index, faiss.PyCallbackIOWriter(file.write))
 
     @classmethod
-    def load(cls, path: Path, keys: np.ndarray) -> InvertedFile | None:
-        """The inverted file saved at `path` if it holds `keys` (their count and `fingerprint`); None when it
-        is missing, stale (the index has grown or been rebuilt since) or unreadable."""
+    def read(cls, file: BinaryIO, info: dict, keys: np.ndarray) -> InvertedFile | None:
+        """The inverted file `write` put in `file`, with its `info`, if it holds `keys` (their count and
+        `fingerprint`); None when it is stale (the index has grown or been rebuilt since) or unreadable."""
         import faiss
 
         try:
-            info = json.loads(path.with_name(f"{path.name}.json").read_text())
             if int(info["count"]) != len(keys) or int(info["fingerprint"]) != fingerprint(keys):
                 return None
-            index = faiss.read_index(str(path))
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError):
+            index = faiss.read_index(faiss.PyCallbackIOReader(file.read))
+            inverted_file = cls(index, len(keys), int(info["fingerprint"]), int(info["nprobe"]),
+                                float(info["calibrated_recall"]))
+        except (ValueError, KeyError, TypeError, RuntimeError):
             return None
-        if index.ntotal != len(keys):
-            return None
-        return cls(index, len(keys), int(info["fingerprint"]), int(info["nprobe"]), float(info["calibrated_recall"]))
+        return inverted_file if index.ntotal == len(keys) else None
 
 
 def fingerprint(keys: np.ndarray) -> int:
