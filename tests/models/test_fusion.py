@@ -87,3 +87,18 @@ def test_several_texts_per_clip_equal_the_clip_repeated(name):
     repeated = jax.jit(model.apply)(variables, repeat(VIDEO), texts, repeat(AUDIO))
     np.testing.assert_allclose(grouped.pooled, repeated.pooled, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(grouped.tokens, repeated.tokens, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(FUSIONS))
+def test_clip_rows_equal_the_clips_taken(name):
+    """Texts paired with clips by `clip_rows` (clips repeated, reordered, one left out) give what those clips'
+    video and audio taken row by row give; with a mask, so padded context rows follow their clip."""
+    model = FUSIONS[name](**SMALL)
+    variables = jax.jit(model.init)(jax.random.key(1), VIDEO, TEXT, AUDIO)
+    clip_rows = jnp.array([1, 0, 1, 1])
+    texts = jax.tree.map(lambda x: jnp.concatenate([x, x[::-1]]), TEXT)
+    paired = jax.jit(lambda v, rows: model.apply(v, VIDEO, texts, AUDIO, clip_rows=rows))(variables, clip_rows)
+    take = lambda e: Encoded(*(None if x is None else jnp.take(x, clip_rows, axis=0) for x in e))
+    taken = jax.jit(model.apply)(variables, take(VIDEO), texts, take(AUDIO))
+    np.testing.assert_allclose(paired.pooled, taken.pooled, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(paired.tokens, taken.tokens, rtol=1e-5, atol=1e-5)

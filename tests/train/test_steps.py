@@ -12,6 +12,7 @@ import pytest
 from conftest import data_dir_of, micro
 from vlm_jax import config as config_lib
 from vlm_jax.data import pipeline
+from vlm_jax.models.layers import take_rows
 from vlm_jax.run import build
 from vlm_jax.train import steps
 
@@ -136,8 +137,8 @@ def _pretrain_loss_pass_by_pass(vlm, batch, rng, settings, train):
     hard_text, hard_video = losses.mine_hard_negatives(scale * video_emb @ text_emb.T, k_mine, valid)
     negative = vlm.encode_text(batch["negative"], batch["negative_mask"], train=train)
     logits = [vlm.match(vlm.fuse(v, a, t, train=train)) for v, a, t in (
-        (video, audio, text), (video, audio, steps._take(text, hard_text)),
-        (steps._take(video, hard_video), steps._take(audio, hard_video), text), (video, audio, negative))]
+        (video, audio, text), (video, audio, take_rows(text, hard_text)),
+        (take_rows(video, hard_video), take_rows(audio, hard_video), text), (video, audio, negative))]
     neg_valid = jnp.stack([valid & valid[hard_text], valid & valid[hard_video],
                            valid & batch["has_negative"].astype(bool)])
     vtm, _ = losses.matching_loss(logits[0], jnp.concatenate(logits[1:]), valid, neg_valid.reshape(-1))

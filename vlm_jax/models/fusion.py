@@ -5,7 +5,10 @@ modality to its own `width` with one Dense shared by that modality's tokens and 
 returns `Fused`: tokens aligned with the TEXT positions (the MLM head reads them) and one pooled
 vector (VTM and QA read it). The text may hold k rows per clip (clip-major: row r belongs to clip
 r // k), as when each clip meets all of its questions; the video and audio are then projected once per
-clip, and cross-attention reads one copy of them for the k texts. All modules share one field set, so the single config block
+clip, and cross-attention reads one copy of them for the k texts. With `clip_rows` [G], the text holds k
+rows per entry of `clip_rows` and entry g meets clip `clip_rows[g]`, as when pretraining pairs the same
+clips with several kinds of text; every clip is still projected once, and cross-attention computes its
+keys and values once per clip and layer. All modules share one field set, so the single config block
 `model.fusion` configures any of them; `FUSIONS` maps `model.fusion.name` to the module.
 
 - `dual`: a dual encoder; no cross-modal interaction at all.
@@ -25,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from vlm_jax.models.layers import (Dtype, Encoded, Transformer, constrain, dense, layer_norm, logical, masked_mean,
-                                   repeat_encoded)
+                                   repeat_encoded, take_rows)
 
 POOLED = ("activation_batch", "activation_embed")
 
@@ -66,12 +69,14 @@ class _Fusion(nn.Module):
         mask = None if encoded.mask is None else encoded.mask.astype(bool)
         return Encoded(constrain(projection(encoded.tokens)), projection(encoded.pooled), mask)
 
-    def _modalities(self, video: Encoded, text: Encoded, audio: Encoded | None,
-                    per_text: bool = True) -> dict[str, Encoded]:
+    def _modalities(self, video: Encoded, text: Encoded, audio: Encoded | None, per_text: bool = True,
+                    clip_rows: jax.Array | None = None) -> dict[str, Encoded]:
         """Projected modalities by name, in the order text, video, audio (audio only when given); with
-        `per_text`, video and audio are repeated to one row per text row."""
+        `per_text`, video and audio are taken by `clip_rows` (when given) and repeated to one row per text row."""
         given = {"text": text, "video": video, "audio": audio}
         projected = {name: self._project(enc, f"{name}_projection") for name, enc in given.items() if enc is not None}
+        if per_text and clip_rows is not None:
+            projected.update({name: take_rows(enc, clip_rows) for name, enc in projected.items() if name != "text"})
         if per_text:
             rows = text.tokens.shape[0]
             projected.update({name: repeat_encoded(enc, rows // enc.tokens.shape[0])
@@ -98,8 +103,8 @@ class DualEncoder(_Fusion):
 
     @nn.compact
     def __call__(self, video: Encoded, text: Encoded, audio: Encoded | None = None, *,
-                 train: bool = False) -> Fused:
-        modalities = self._modalities(video, text, audio)
+                 train: bool = False, clip_rows: jax.Array | None = None) -> Fused:
+        modalities = self._modalities(video, text, audio, clip_rows=clip_rows)
         product = modalities["text"].pooled
         for name in ("video", "audio"):
             if name in modalities:
@@ -118,8 +123,8 @@ class AddFusion(_Fusion):
 
     @nn.compact
     def __call__(self, video: Encoded, text: Encoded, audio: Encoded | None = None, *,
-                 train: bool = False) -> Fused:
-        modalities = self._modalities(video, text, audio)
+                 train: bool = False, clip_rows: jax.Array | None = None) -> Fused:
+        modalities = self._modalities(video, text, audio, clip_rows=clip_rows)
         text = modalities.pop("text")
         others = sum(m.pooled for m in modalities.values())
         return Fused(constrain(text.tokens + others[:, None, :]), constrain(text.pooled + others, POOLED))
@@ -134,8 +139,8 @@ class ConcatLate(_Fusion):
 
     @nn.compact
     def __call__(self, video: Encoded, text: Encoded, audio: Encoded | None = None, *,
-                 train: bool = False) -> Fused:
-        modalities = self._modalities(video, text, audio)
+                 train: bool = False, clip_rows: jax.Array | None = None) -> Fused:
+        modalities = self._modalities(video, text, audio, clip_rows=clip_rows)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         joint = jnp.concatenate([m.pooled for m in modalities.values()], axis=-1)
         hidden = nn.gelu(dense(self.mlp_dim, ("embed", "mlp"), name="fc1", **kw)(joint))
@@ -150,8 +155,8 @@ class ConcatEarly(_Fusion):
 
     @nn.compact
     def __call__(self, video: Encoded, text: Encoded, audio: Encoded | None = None, *,
-                 train: bool = False) -> Fused:
-        modalities = self._modalities(video, text, audio)
+                 train: bool = False, clip_rows: jax.Array | None = None) -> Fused:
+        modalities = self._modalities(video, text, audio, clip_rows=clip_rows)
         init = logical(nn.initializers.normal(0.02), ("embed",))
         batch = text.tokens.shape[0]
         cls = self.param("cls", init, (self.width,), self.param_dtype).astype(self.dtype)
@@ -172,12 +177,12 @@ class CrossAttentionFusion(_Fusion):
 
     @nn.compact
     def __call__(self, video: Encoded, text: Encoded, audio: Encoded | None = None, *,
-                 train: bool = False) -> Fused:
+                 train: bool = False, clip_rows: jax.Array | None = None) -> Fused:
         modalities = self._modalities(video, text, audio, per_text=False)
         query = modalities.pop("text")
         context, context_mask = concat_tokens([(m.tokens, m.mask) for m in modalities.values()])
         out = self._transformer("transformer", cross_attention=True)(
-            query.tokens, query.mask, context, context_mask, deterministic=not train)
+            query.tokens, query.mask, context, context_mask, clip_rows, deterministic=not train)
         out = self._norm("norm")(out)
         return Fused(constrain(out), constrain(out[:, 0], POOLED))
 
@@ -190,8 +195,8 @@ class CoAttention(_Fusion):
 
     @nn.compact
     def __call__(self, video: Encoded, text: Encoded, audio: Encoded | None = None, *,
-                 train: bool = False) -> Fused:
-        modalities = self._modalities(video, text, audio)
+                 train: bool = False, clip_rows: jax.Array | None = None) -> Fused:
+        modalities = self._modalities(video, text, audio, clip_rows=clip_rows)
         text_stream = modalities.pop("text")
         text_tokens, text_mask = text_stream.tokens, text_stream.mask
         video_tokens, video_mask = concat_tokens([(m.tokens, m.mask) for m in modalities.values()])

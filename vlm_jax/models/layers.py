@@ -37,6 +37,11 @@ def repeat_encoded(encoded: Encoded | None, times: int) -> Encoded | None:
     return Encoded(*(None if x is None else jnp.repeat(x, times, axis=0) for x in encoded))
 
 
+def take_rows(encoded: Encoded, rows: jax.Array) -> Encoded:
+    """Examples `rows` of every field (a gather across the batch)."""
+    return Encoded(*(None if x is None else jnp.take(x, rows, axis=0) for x in encoded))
+
+
 class TokenGrid(NamedTuple):
     """Where a video tower's output tokens lie in its input clip: a time-major (time, height, width) grid
     over the clip's frames `frames` ([start, stop); None: every frame). height = width = 1 when the tokens
@@ -238,6 +243,10 @@ class Attention(nn.Module):
     When the "attention" collection is mutable (`apply(..., mutable=["attention"])`), the module also sows
     its attention probabilities [B, heads, Lq, Lk] as ("attention", "weights"), for explanations; otherwise
     it computes nothing extra.
+
+    `context_rows` [B] (cross-attention only): row i of x attends to context row `context_rows[i]`. Keys and
+    values are then projected once per distinct context row and taken for each query row, which is what
+    makes many texts meeting the same clips cheap (pretraining's matching and MLM pairs).
     """
     num_heads: int
     dtype: Dtype = jnp.float32
@@ -248,7 +257,7 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, context: jax.Array | None = None, mask: jax.Array | None = None,
-                 causal: bool = False, deterministic: bool = True) -> jax.Array:
+                 causal: bool = False, deterministic: bool = True, context_rows: jax.Array | None = None) -> jax.Array:
         features = x.shape[-1]
         if features % self.num_heads:
             raise ValueError(f"width {features} is not divisible by {self.num_heads} heads")
@@ -258,6 +267,8 @@ class Attention(nn.Module):
         source = x if context is None else context
         split = lambda t: t.reshape(t.shape[:2] + (self.num_heads, head_dim))
         query, key, value = split(project("query")(x)), split(project("key")(source)), split(project("value")(source))
+        if context_rows is not None:
+            key, value = jnp.take(key, context_rows, axis=0), jnp.take(value, context_rows, axis=0)
         offset = 0
         if self.decode:
             key, value, mask, offset = self._update_cache(key, value, mask)
@@ -313,7 +324,8 @@ class TransformerBlock(nn.Module):
     """Pre-LN block: self-attention, optional cross-attention to a context, MLP; residual around each.
 
     The context may have fewer rows than x: k rows of x per context row, in order (row r of x belongs to
-    context row r // k), as when each clip meets several of its questions."""
+    context row r // k), as when each clip meets several of its questions. With `context_rows` [G], x holds
+    k rows per entry and entry g meets context row `context_rows[g]` (see `Attention`)."""
     num_heads: int
     mlp_dim: int
     dtype: Dtype = jnp.float32
@@ -326,7 +338,8 @@ class TransformerBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None = None, context: jax.Array | None = None,
-                 context_mask: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
+                 context_mask: jax.Array | None = None, context_rows: jax.Array | None = None,
+                 deterministic: bool = True) -> jax.Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         drop = lambda h: nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
         h = layer_norm(name="norm_attention", **kw)(x)
@@ -337,9 +350,12 @@ class TransformerBlock(nn.Module):
             # k rows of x per context row (several texts of one clip, clip-major): the k rows' tokens query
             # their shared context together, so its keys and values are computed once, not k times
             h = layer_norm(name="norm_cross", **kw)(x)
-            grouped = h.reshape(context.shape[0], -1, h.shape[-1])
+            if context_rows is not None and context_mask is not None:
+                context_mask = jnp.take(context_mask, context_rows, axis=0)
+            grouped = h.reshape((context if context_rows is None else context_rows).shape[0], -1, h.shape[-1])
             h = Attention(self.num_heads, name="cross_attention", **kw)(
-                grouped, context=context, mask=key_padding_mask(context_mask), deterministic=deterministic)
+                grouped, context=context, mask=key_padding_mask(context_mask), deterministic=deterministic,
+                context_rows=context_rows)
             x = x + drop(h.reshape(x.shape))
         h = layer_norm(name="norm_mlp", **kw)(x)
         x = x + drop(Mlp(self.mlp_dim, dropout_rate=self.dropout_rate, name="mlp", **kw)(h, deterministic))
@@ -421,9 +437,10 @@ class Transformer(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None = None, context: jax.Array | None = None,
-                 context_mask: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
+                 context_mask: jax.Array | None = None, context_rows: jax.Array | None = None,
+                 deterministic: bool = True) -> jax.Array:
         kw = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype,
                   dropout_rate=self.dropout_rate, cross_attention=self.cross_attention, causal=self.causal,
                   use_rotary=self.use_rotary, decode=self.decode)
-        return stack_layers(TransformerBlock, kw, self.num_layers, x, mask, context, context_mask, deterministic,
-                            remat=self.remat, scan=self.scan)
+        return stack_layers(TransformerBlock, kw, self.num_layers, x, mask, context, context_mask, context_rows,
+                            deterministic, remat=self.remat, scan=self.scan)

@@ -181,9 +181,11 @@ class VLM(nn.Module):
         """The unit-norm retrieval embedding of the text tower's output alone (search queries)."""
         return self.contrastive.embed_text(text.pooled)
 
-    def fuse(self, video: Encoded, audio: Encoded | None, text: Encoded, *, train: bool = False) -> fusion.Fused:
-        """The fused pair; `text` may hold k rows per clip (clip-major), each clip meeting each of its texts."""
-        return self.fusion(video, text, audio, train=train)
+    def fuse(self, video: Encoded, audio: Encoded | None, text: Encoded, *, train: bool = False,
+             clip_rows: jax.Array | None = None) -> fusion.Fused:
+        """The fused pairs; `text` may hold k rows per clip (clip-major), each clip meeting each of its texts,
+        or k rows per entry of `clip_rows`, entry g meeting clip `clip_rows[g]` (see `fusion`)."""
+        return self.fusion(video, text, audio, train=train, clip_rows=clip_rows)
 
     def match(self, fused: fusion.Fused) -> jax.Array:
         """Video-text matching logit [B]."""

@@ -30,7 +30,7 @@ import optax
 
 from vlm_jax.errors import UserError
 from vlm_jax.models import heads
-from vlm_jax.models.layers import Encoded
+from vlm_jax.models.layers import Encoded, take_rows
 from vlm_jax.models.vlm import VLM, retrieval_uses_audio
 from vlm_jax.train import losses
 from vlm_jax.train.state import TrainState
@@ -72,11 +72,6 @@ class Settings:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-
-def _take(encoded: Encoded, index: jax.Array) -> Encoded:
-    """Rows `index` of every field (a gather across the global batch)."""
-    return Encoded(*(None if x is None else jnp.take(x, index, axis=0) for x in encoded))
-
 
 def _concat(*parts: Encoded) -> Encoded:
     mask = None if any(p.mask is None for p in parts) else jnp.concatenate([p.mask for p in parts])
@@ -132,20 +127,19 @@ def pretrain_loss(vlm: VLM, batch: Batch, rng: jax.Array, settings: Settings, tr
         _add(metrics, "contrastive", terms["contrastive"], parts)
 
     # one fusion pass over vtm's [positives; (video, mined text); (mined video, text); (video, data negative)]
-    # and mlm's (video, masked caption)
+    # and mlm's (video, masked caption), as (clip rows, texts): each clip is fused once, not once per pair
     pairs = []
+    clips = jnp.arange(batch_size)
     if vtm:
         similarity = scale * video_emb @ text_emb.T
         hard_text, hard_video = losses.mine_hard_negatives(similarity, k_mine, valid)
-        pairs += [(video, audio, text), (video, audio, _take(text, hard_text)),
-                  (_take(video, hard_video), None if audio is None else _take(audio, hard_video), text),
-                  (video, audio, _blocks(texts, batch_size, 1, 2))]
+        pairs += [(clips, text), (clips, take_rows(text, hard_text)), (hard_video, text),
+                  (clips, _blocks(texts, batch_size, 1, 2))]
     if mlm:
-        pairs.append((video, audio, _blocks(texts, batch_size, len(ids) - 1, len(ids))))
+        pairs.append((clips, _blocks(texts, batch_size, len(ids) - 1, len(ids))))
     if pairs:
-        fused = vlm.fuse(_concat(*(v for v, _, _ in pairs)),
-                         None if audio is None else _concat(*(a for _, a, _ in pairs)),
-                         _concat(*(t for _, _, t in pairs)), train=train)
+        fused = vlm.fuse(video, audio, _concat(*(t for _, t in pairs)), train=train,
+                         clip_rows=jnp.concatenate([rows for rows, _ in pairs]))
 
     if vtm:
         logits = vlm.match(_blocks(fused, batch_size, 0, 4)).reshape(4, -1)
