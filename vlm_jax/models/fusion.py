@@ -75,9 +75,9 @@ class _Fusion(nn.Module):
         `per_text`, video and audio are taken by `clip_rows` (when given) and repeated to one row per text row."""
         given = {"text": text, "video": video, "audio": audio}
         projected = {name: self._project(enc, f"{name}_projection") for name, enc in given.items() if enc is not None}
-        if per_text and clip_rows is not None:
-            projected.update({name: take_rows(enc, clip_rows) for name, enc in projected.items() if name != "text"})
         if per_text:
+            if clip_rows is not None:
+                projected.update({name: take_rows(enc, clip_rows) for name, enc in projected.items() if name != "text"})
             rows = text.tokens.shape[0]
             projected.update({name: repeat_encoded(enc, rows // enc.tokens.shape[0])
                               for name, enc in projected.items() if name != "text"})
